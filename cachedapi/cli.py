@@ -1,0 +1,61 @@
+"""The ``cachedapi`` command: one entry point, a subcommand per job.
+
+Each subcommand imports its module only when chosen, so ``cachedapi runtime``
+never loads kopf and ``cachedapi render`` never loads the HTTP stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cachedapi", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = sub.add_parser("dev", help="run the whole data plane locally with embedded PostgreSQL and Redis")
+    dev.add_argument("file", help="a YAML file with a CachedApi")
+    dev.add_argument(
+        "--port", type=int, default=8080, help="gateway port on 127.0.0.1 (default 8080; 0 = any free port)"
+    )
+    dev.add_argument("--api-key", default=None, help="the API key to accept (default: a generated one)")
+    dev.add_argument("--name", default=None, help="which CachedApi of the file, if it holds several")
+
+    render = sub.add_parser("render", help="print the Kubernetes objects the operator would create")
+    render.add_argument("file", help="a YAML file with one or more CachedApi objects")
+
+    sub.add_parser("operator", help="run the kopf operator (what the operator image runs)")
+
+    runtime = sub.add_parser("runtime", help="run a runtime role (what the runtime image runs)")
+    runtime.add_argument("--role", choices=["gateway", "api"], required=True)
+    runtime.add_argument("--host", default="0.0.0.0")
+    runtime.add_argument("--port", type=int, default=None, help="default: the role's port from the contract")
+    runtime.add_argument("--config", default=None, help="configuration file (default: $CACHEDAPI_CONFIG)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "dev":
+        from cachedapi import devstack
+
+        return devstack.main(args)
+    if args.command == "render":
+        from cachedapi.operator import render
+
+        return render.main(args)
+    if args.command == "operator":
+        from cachedapi.operator import main as operator_main
+
+        return operator_main.main(args)
+    if args.command == "runtime":
+        from cachedapi.runtime import main as runtime_main
+
+        return runtime_main.main(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
