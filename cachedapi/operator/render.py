@@ -1,6 +1,6 @@
 """``cachedapi render FILE``: every object the operator would create, as YAML, without a cluster.
 
-The same builders as the operator (``build.desired_objects``); only the
+The same builders as the operator (``children.desired_objects``); only the
 values a cluster would supply are placeholders, fixed so that the output is
 the same on every run and obviously not for use as-is.
 """
@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from cachedapi import model
-from cachedapi.operator import build
-from cachedapi.operator.build import secrets
+from cachedapi.operator import children
+from cachedapi.operator.children import secrets
 
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 PLACEHOLDER_API_KEY = "placeholder-api-key-generated-by-the-operator"
@@ -38,12 +38,12 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
-def render_inputs(api: model.CachedApi) -> build.Inputs:
-    placeholder = build.Inputs(
+def render_inputs(api: model.CachedApi) -> children.Inputs:
+    placeholder = children.Inputs(
         owner_uid=PLACEHOLDER_UID, api_key=PLACEHOLDER_API_KEY, db_password=PLACEHOLDER_DB_PASSWORD
     )
     digests = {obj["metadata"]["name"]: secrets.digest(obj["data"]) for obj in secrets.generated(api, placeholder)}
-    return build.Inputs(
+    return children.Inputs(
         owner_uid=PLACEHOLDER_UID,
         api_key=PLACEHOLDER_API_KEY,
         db_password=PLACEHOLDER_DB_PASSWORD,
@@ -63,7 +63,7 @@ def render_text(apis: list[model.CachedApi]) -> str:
         )
         docs = [
             yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=120)
-            for obj in build.desired_objects(api, render_inputs(api))
+            for obj in children.desired_objects(api, render_inputs(api))
         ]
         chunks.append(header + "---\n".join(docs))
     return "---\n".join(chunks)

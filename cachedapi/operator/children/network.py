@@ -1,0 +1,87 @@
+"""NetworkPolicies: the only paths are client -> gateway, gateway -> api, api -> db,
+gateway/api -> redis, and DNS.
+
+A server the operator does not run (an external Redis or PostgreSQL, a JWKS
+URL) has an address no policy can know in advance, so a tier that talks to
+one may reach any address on egress; everything else is closed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cachedapi import contract, model
+from cachedapi.operator.children import inputs, names
+
+GATEWAY, API, REDIS, DB = (role.value for role in names.Role)
+
+
+def _dns() -> dict[str, Any]:
+    return {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
+
+
+def _anywhere() -> dict[str, Any]:
+    return {}
+
+
+def _from(api: model.CachedApi, *components: str) -> list[dict[str, Any]]:
+    return [{"podSelector": {"matchLabels": names.selector(api, c)}} for c in components]
+
+
+def _to(api: model.CachedApi, component: str, port: int) -> dict[str, Any]:
+    return {"to": _from(api, component), "ports": [{"protocol": "TCP", "port": port}]}
+
+
+def _policy(
+    api: model.CachedApi, inp: inputs.Inputs, *, component: str, ingress: list[Any], egress: list[Any]
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": names.metadata(api, name=names.child(api, component), component=component, uid=inp.owner_uid),
+        "spec": {
+            "podSelector": {"matchLabels": names.selector(api, component)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": egress,
+        },
+    }
+
+
+def policies(api: model.CachedApi, inp: inputs.Inputs) -> list[dict[str, Any]]:
+    spec = api.spec
+    redis_managed = spec.cache.redis.managed is not None
+    db_managed = spec.database.managed is not None
+    jwt = spec.gateway.auth.jwt
+    fetches_jwks = spec.gateway.auth.mode == "jwt" and jwt is not None and jwt.jwksUrl is not None
+
+    gateway_egress: list[Any] = [_dns(), _to(api, API, contract.API_PORT)]
+    api_egress: list[Any] = [_dns()]
+    if redis_managed:
+        gateway_egress.append(_to(api, REDIS, contract.REDIS_PORT))
+        api_egress.append(_to(api, REDIS, contract.REDIS_PORT))
+    if db_managed:
+        api_egress.append(_to(api, DB, contract.POSTGRES_PORT))
+    if not redis_managed or fetches_jwks:
+        gateway_egress.append(_anywhere())
+    if not redis_managed or not db_managed:
+        api_egress.append(_anywhere())
+
+    gateway_port = {"ports": [{"protocol": "TCP", "port": contract.GATEWAY_PORT}]}
+    out = [
+        _policy(api, inp, component=GATEWAY, ingress=[gateway_port], egress=gateway_egress),
+        _policy(
+            api,
+            inp,
+            component=API,
+            ingress=[{"from": _from(api, GATEWAY), "ports": [{"protocol": "TCP", "port": contract.API_PORT}]}],
+            egress=api_egress,
+        ),
+    ]
+    if redis_managed:
+        redis_in = {"from": _from(api, GATEWAY, API), "ports": [{"protocol": "TCP", "port": contract.REDIS_PORT}]}
+        out.append(_policy(api, inp, component=REDIS, ingress=[redis_in], egress=[]))
+    if db_managed:
+        db_in = {"from": _from(api, API), "ports": [{"protocol": "TCP", "port": contract.POSTGRES_PORT}]}
+        out.append(_policy(api, inp, component=DB, ingress=[db_in], egress=[]))
+    return out

@@ -1,0 +1,157 @@
+"""The gateway and api tiers: Deployment and Service for each runtime role.
+
+Both run ``cachedapi runtime --role ...`` from one image, read the mounted
+x-config file, and take their secrets from the environment (names from
+``contract``). The gateway alone mounts the API keys Secret as a directory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cachedapi import contract, model
+from cachedapi.operator.children import config, inputs, names, pods
+
+PORT_NAME = "http"
+
+
+def tier(api: model.CachedApi, role: names.Role) -> model.Gateway | model.Api:
+    return api.spec.gateway if role is names.Role.GATEWAY else api.spec.api
+
+
+def port(role: names.Role) -> int:
+    return contract.GATEWAY_PORT if role is names.Role.GATEWAY else contract.API_PORT
+
+
+def image(api: model.CachedApi, inp: inputs.Inputs) -> str:
+    return api.spec.image or inp.default_image
+
+
+def _secret_env(name: str, ref: model.SecretKeySelector) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def redis_url_env(api: model.CachedApi) -> dict[str, Any]:
+    redis = api.spec.cache.redis
+    if redis.external is not None:
+        return _secret_env(contract.ENV_REDIS_URL, redis.external.urlSecretRef)
+    host = f"{names.child(api, names.Role.REDIS.value)}.{api.metadata.namespace}.svc"
+    return {"name": contract.ENV_REDIS_URL, "value": f"redis://{host}:{contract.REDIS_PORT}/0"}
+
+
+def database_url_env(api: model.CachedApi) -> dict[str, Any]:
+    db = api.spec.database
+    if db.external is not None:
+        return _secret_env(contract.ENV_DATABASE_URL, db.external.urlSecretRef)
+    ref = model.SecretKeySelector(name=names.db_credentials(api), key="url")
+    return _secret_env(contract.ENV_DATABASE_URL, ref)
+
+
+def read_secrets(api: model.CachedApi, role: names.Role) -> list[str]:
+    """The Secrets a role's pods read at start: a change to any of them rolls the pods."""
+    spec = api.spec
+    out: list[str] = []
+    if spec.cache.redis.external is not None:
+        out.append(spec.cache.redis.external.urlSecretRef.name)
+    if role is names.Role.API:
+        db = spec.database
+        out.append(db.external.urlSecretRef.name if db.external is not None else names.db_credentials(api))
+    else:
+        keys = names.api_keys_secret(api)
+        if keys is not None:
+            out.append(keys)
+        jwt = spec.gateway.auth.jwt
+        if spec.gateway.auth.mode == "jwt" and jwt is not None and jwt.secretRef is not None:
+            out.append(jwt.secretRef.name)
+    return sorted(set(out))
+
+
+def _env_and_volumes(api: model.CachedApi, role: names.Role) -> tuple[list[Any], list[Any], list[Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": contract.ENV_CONFIG, "value": f"{contract.CONFIG_DIR}/{contract.CONFIG_FILE}"},
+        redis_url_env(api),
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": names.config_map(api)}},
+        pods.empty_dir("tmp"),
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": contract.CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": pods.TMP_DIR},
+    ]
+    if role is names.Role.API:
+        env.append(database_url_env(api))
+        return env, volumes, mounts
+    keys = names.api_keys_secret(api)
+    if keys is not None:
+        env.append({"name": contract.ENV_API_KEYS_DIR, "value": contract.API_KEYS_DIR})
+        volumes.append({"name": "api-keys", "secret": {"secretName": keys}})
+        mounts.append({"name": "api-keys", "mountPath": contract.API_KEYS_DIR, "readOnly": True})
+    jwt = api.spec.gateway.auth.jwt
+    if api.spec.gateway.auth.mode == "jwt" and jwt is not None and jwt.secretRef is not None:
+        env.append(_secret_env(contract.ENV_JWT_SECRET, jwt.secretRef))
+    return env, volumes, mounts
+
+
+def pod_hash(api: model.CachedApi, inp: inputs.Inputs, role: names.Role) -> str:
+    return pods.config_hash(
+        texts=[config.text(api)], secrets={name: inp.digest(name) for name in read_secrets(api, role)}
+    )
+
+
+def deployment(api: model.CachedApi, inp: inputs.Inputs, *, role: names.Role) -> dict[str, Any]:
+    settings = tier(api, role)
+    env, volumes, mounts = _env_and_volumes(api, role)
+    memory = "64Mi" if role is names.Role.GATEWAY else "96Mi"
+    container = {
+        "name": role.value,
+        "image": image(api, inp),
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["cachedapi"],
+        "args": ["runtime", "--role", role.value],
+        "ports": [{"name": PORT_NAME, "containerPort": port(role), "protocol": "TCP"}],
+        "env": env,
+        "volumeMounts": mounts,
+        "resources": pods.resources(settings.resources, cpu="100m", memory=memory),
+        "securityContext": pods.container_security(pods.RUNTIME_UID),
+        "livenessProbe": pods.http_probe("/healthz", PORT_NAME, period=10, failures=3),
+        "readinessProbe": pods.http_probe("/readyz", PORT_NAME, period=5, failures=2),
+    }
+    pod_spec = {
+        "securityContext": pods.pod_security(pods.RUNTIME_UID),
+        "terminationGracePeriodSeconds": 30,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    replicas = settings.autoscaling.minReplicas if settings.autoscaling is not None else settings.replicas
+    name = names.child(api, role.value)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": names.metadata(api, name=name, component=role.value, uid=inp.owner_uid),
+        "spec": {
+            "replicas": replicas,
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": names.selector(api, role.value)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": pods.template(api, component=role.value, spec=pod_spec, hash_=pod_hash(api, inp, role)),
+        },
+    }
+
+
+def service(api: model.CachedApi, inp: inputs.Inputs, *, role: names.Role) -> dict[str, Any]:
+    if role is names.Role.GATEWAY:
+        svc_type, svc_port = api.spec.gateway.service.type, api.spec.gateway.service.port
+    else:
+        svc_type, svc_port = "ClusterIP", contract.API_PORT
+    name = names.child(api, role.value)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": names.metadata(api, name=name, component=role.value, uid=inp.owner_uid),
+        "spec": {
+            "type": svc_type,
+            "selector": names.selector(api, role.value),
+            "ports": [{"name": PORT_NAME, "port": svc_port, "targetPort": PORT_NAME, "protocol": "TCP"}],
+        },
+    }
