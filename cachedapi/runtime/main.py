@@ -8,6 +8,7 @@ requests in ``/metrics`` instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -20,8 +21,8 @@ def main(args: argparse.Namespace) -> int:
         level=os.environ.get(contract.ENV_LOG_LEVEL, "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    config_path = args.config or os.environ.get(contract.ENV_CONFIG) or os.path.join(
-        contract.CONFIG_DIR, contract.CONFIG_FILE
+    config_path = (
+        args.config or os.environ.get(contract.ENV_CONFIG) or os.path.join(contract.CONFIG_DIR, contract.CONFIG_FILE)
     )
     try:
         config = contract.load_config(config_path)
@@ -30,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     upstream = os.environ.get(contract.ENV_UPSTREAM_URL)
     if upstream:
-        config = contract.RuntimeConfig(**{**_fields(config), "upstream_url": upstream.rstrip("/")})
+        config = dataclasses.replace(config, upstream_url=upstream.rstrip("/"))
 
     if args.role == "api":
         from cachedapi.runtime.api import app as role_app
@@ -60,7 +61,3 @@ def main(args: argparse.Namespace) -> int:
         timeout_keep_alive=30,
     )
     return 0
-
-
-def _fields(config: contract.RuntimeConfig) -> dict[str, object]:
-    return {name: getattr(config, name) for name in contract.RuntimeConfig.__dataclass_fields__}

@@ -1,0 +1,174 @@
+"""The api role's ASGI app: ``create_app(config, environ)``, what ``cachedapi runtime --role api`` serves.
+
+Everything is built here once, at start: the pool, the Redis client and cache
+store, the compiled validators, the OpenAPI document. The app starts even when
+PostgreSQL or Redis is down (the pool connects in the background; tables are
+created as soon as PostgreSQL answers).
+
+Readiness (``/readyz``) is PostgreSQL: without it the api can only serve stale
+entries. Redis being down does not make the api unready, because every request
+still succeeds from the database; ``/readyz`` reports it as ``degraded``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+
+import orjson
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cachedapi import contract
+from cachedapi.runtime import cache
+from cachedapi.runtime.api import db as db_mod
+from cachedapi.runtime.api import documents, handlers, openapi, protocol, reads
+from cachedapi.runtime.api import metrics as metrics_mod
+
+log = logging.getLogger(__name__)
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _guard(endpoint: Endpoint) -> Endpoint:
+    """Turn every failure into problem+json; never a stack trace (it is logged here)."""
+
+    async def guarded(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except protocol.Problem as exc:
+            return exc.response()
+        except documents.Invalid as exc:
+            return protocol.problem_response(422, str(exc), errors=exc.errors)
+        except db_mod.DatabaseUnavailable as exc:
+            log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
+            return protocol.database_unavailable().response()
+        except db_mod.NotFound:
+            params = request.path_params
+            return protocol.problem_response(404, f"no {params['resource']} item with id {params['id']!r}")
+        except db_mod.PreconditionFailed:
+            return protocol.problem_response(412, "the If-Match / If-None-Match precondition does not hold")
+        except Exception:
+            log.exception("%s %s failed", request.method, request.url.path)
+            return protocol.problem_response(500, "an unexpected error occurred; it has been logged")
+
+    return guarded
+
+
+class _Instrument:
+    """Pure ASGI middleware: requests and latency by route template, method and status."""
+
+    def __init__(self, app: ASGIApp, metrics: metrics_mod.Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(path, method, str(status)).inc()
+            self.metrics.latency.labels(path, method).observe(time.perf_counter() - start)
+
+
+def create_app(config: contract.RuntimeConfig, environ: Mapping[str, str]) -> FastAPI:
+    """The api role. Raises ValueError when the environment lacks the database URL."""
+    database_url = environ.get(contract.ENV_DATABASE_URL)
+    if not database_url:
+        raise ValueError(f"{contract.ENV_DATABASE_URL} is not set")
+    redis_url = environ.get(contract.ENV_REDIS_URL)
+    metrics = metrics_mod.Metrics()
+    database = db_mod.Database(url=database_url, resources=config.resources, metrics=metrics)
+    store = None
+    if redis_url:
+        store = cache.CacheStore(client=cache.client_from_url(redis_url), config=config, metrics=metrics)
+    else:
+        log.warning("%s is not set: every read goes to the database (X-Cache: BYPASS)", contract.ENV_REDIS_URL)
+    reader = reads.Reader(store=store, config=config, metrics=metrics)
+    endpoints = handlers.Handlers(config=config, database=database, reader=reader, store=store)
+    document = openapi.build(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await database.open()
+        if store is not None:
+            store.start()
+        try:
+            yield
+        finally:
+            if store is not None:
+                await store.close()
+            await database.close()
+
+    app = FastAPI(title=document["info"]["title"], lifespan=lifespan, openapi_url="/openapi.json", docs_url="/docs")
+    app.openapi = lambda: document  # type: ignore[method-assign]
+    app.state.metrics = metrics
+    app.state.store = store
+    app.state.database = database
+
+    async def healthz(_: Request) -> Response:
+        return protocol.json_response(b'{"status":"ok"}')
+
+    async def readyz(_: Request) -> Response:
+        try:
+            await database.ensure_schema()
+            db_ok = await database.ping()
+        except db_mod.DatabaseUnavailable:
+            db_ok = False
+        redis_state = "absent" if store is None else ("ok" if await store.ping() else "unreachable")
+        body = {
+            "status": "ready" if db_ok else "unready",
+            "database": "ok" if db_ok else "unreachable",
+            "redis": redis_state if redis_state != "unreachable" else "unreachable (degraded: reads bypass the cache)",
+        }
+        return protocol.json_response(orjson.dumps(body), status=200 if db_ok else 503)
+
+    async def metrics_endpoint(_: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    routes: list[tuple[str, Endpoint, list[str]]] = [
+        ("/healthz", healthz, ["GET"]),
+        ("/readyz", readyz, ["GET"]),
+        ("/metrics", metrics_endpoint, ["GET"]),
+        ("/v1/{resource}", endpoints.list, ["GET"]),
+        ("/v1/{resource}", endpoints.create, ["POST"]),
+        ("/v1/{resource}/{id}", endpoints.get, ["GET"]),
+        ("/v1/{resource}/{id}", endpoints.put, ["PUT"]),
+        ("/v1/{resource}/{id}", endpoints.patch, ["PATCH"]),
+        ("/v1/{resource}/{id}", endpoints.delete, ["DELETE"]),
+    ]
+    for path, endpoint, methods in routes:
+        app.add_route(path, _guard(endpoint), methods=methods, include_in_schema=False)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            detail = f"no route for {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            detail = str(exc.detail)
+        return protocol.problem_response(exc.status_code, detail, headers=dict(exc.headers or {}))
+
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_middleware(_Instrument, metrics=metrics)
+    return app

@@ -1,0 +1,259 @@
+"""PostgreSQL for the api role: one table per declared resource, one seam for every query.
+
+Each resource ``r`` lives in table ``r_<name>``: ``id`` (text, primary key),
+``seq`` (bigserial: list order and the keyset cursor, kept when an item is
+replaced), ``version`` (from the one global sequence ``cachedapi_version``, taken
+anew by every write: it is the ETag), ``data`` (jsonb: the item without its id),
+``created_at`` and ``updated_at``. Tables are created at start under an advisory
+lock (several pods may start at once), and again lazily on the first request
+if PostgreSQL was down at start.
+
+Every failure to reach PostgreSQL becomes ``DatabaseUnavailable`` quickly: the
+pool waits at most ``timeout`` seconds for a connection, a read is retried once
+on a fresh connection (a pooled one may predate a server restart), and a
+broken connection makes the pool check its idle ones in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import psycopg
+import psycopg_pool
+from psycopg import sql
+from psycopg.types.json import Jsonb, set_json_loads
+
+from cachedapi.runtime.api import metrics as metrics_mod
+
+log = logging.getLogger(__name__)
+
+#: Whether a write may go ahead, given the stored version (None: no such item).
+Precondition = Callable[[int | None], bool]
+_LOCK_ID = 0x0CAC4ED
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL cannot be reached (or did not answer in time)."""
+
+
+class NotFound(Exception):
+    """No item with that id."""
+
+
+class PreconditionFailed(Exception):
+    """If-Match / If-None-Match did not hold."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: str
+    seq: int
+    version: int
+    data: dict[str, Any]
+    created: bool = False
+
+
+def _row(t: tuple[Any, ...], *, created: bool = False) -> Row:
+    return Row(t[0], t[1], t[2], t[3], created)
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+class _Queries:
+    """The SQL of one resource, composed and rendered once at start."""
+
+    def __init__(self, resource: str) -> None:
+        t = sql.Identifier(f"r_{resource}")
+        cols = sql.SQL("id, seq, version, data")
+
+        def q(template: str, **extra: sql.Composable) -> str:
+            return sql.SQL(template).format(t=t, cols=cols, **extra).as_string()
+
+        self.create = [
+            q(
+                "CREATE TABLE IF NOT EXISTS {t} (id text PRIMARY KEY, seq bigserial NOT NULL, "
+                "version bigint NOT NULL, data jsonb NOT NULL, "
+                "created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now())"
+            ),
+            q("CREATE UNIQUE INDEX IF NOT EXISTS {i} ON {t} (seq)", i=sql.Identifier(f"r_{resource}_seq")),
+        ]
+        self.get = q("SELECT {cols} FROM {t} WHERE id = %s")
+        self.get_for_update = q("SELECT {cols} FROM {t} WHERE id = %s FOR UPDATE")
+        self.page = q("SELECT {cols} FROM {t} WHERE seq > %s ORDER BY seq LIMIT %s")
+        self.insert = q(
+            "INSERT INTO {t} (id, version, data) VALUES (%s, nextval('cachedapi_version'), %s) RETURNING {cols}"
+        )
+        self.update = q(
+            "UPDATE {t} SET data = %s, version = nextval('cachedapi_version'), updated_at = now() "
+            "WHERE id = %s RETURNING {cols}"
+        )
+        self.delete = q("DELETE FROM {t} WHERE id = %s")
+
+
+class Database:
+    """The connection pool and every query the api role makes."""
+
+    def __init__(
+        self, *, url: str, resources: Iterable[str], metrics: metrics_mod.Metrics, timeout: float = 1.5
+    ) -> None:
+        self._metrics = metrics
+        self._timeout = timeout
+        self._queries = {name: _Queries(name) for name in resources}
+        self._pool = psycopg_pool.AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=10,
+            open=False,
+            timeout=timeout,
+            kwargs={"autocommit": True, "connect_timeout": 2},
+            configure=self._configure,
+            reconnect_timeout=0,
+        )
+        self._schema_ready = False
+        self._schema_lock = asyncio.Lock()
+        self._checking = False
+
+    @staticmethod
+    async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        set_json_loads(orjson.loads, conn)
+
+    async def open(self) -> None:
+        await self._pool.open(wait=False)
+        with contextlib.suppress(DatabaseUnavailable):
+            await self.ensure_schema()
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        async with self._schema_lock:
+            if self._schema_ready:
+                return
+            async with self._connection("schema") as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_ID])
+                await conn.execute("CREATE SEQUENCE IF NOT EXISTS cachedapi_version")
+                for queries in self._queries.values():
+                    for statement in queries.create:
+                        await conn.execute(statement)
+            self._schema_ready = True
+
+    async def ping(self) -> bool:
+        try:
+            async with self._connection("ping") as conn:
+                await conn.execute("SELECT 1")
+        except DatabaseUnavailable:
+            return False
+        return True
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, op: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        start = time.perf_counter()
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            self._metrics.db_errors.labels(op).inc()
+            self._check_pool_soon()
+            raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._metrics.db_queries.labels(op).inc()
+            self._metrics.db_seconds.labels(op).observe(time.perf_counter() - start)
+
+    def _check_pool_soon(self) -> None:
+        if not self._checking:
+            self._checking = True
+            task = asyncio.get_running_loop().create_task(self._check_pool())
+            task.add_done_callback(lambda _: setattr(self, "_checking", False))
+
+    async def _check_pool(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._pool.check()
+
+    async def _read(self, op: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        await self.ensure_schema()
+        for attempt in (1, 2):
+            try:
+                async with self._connection(op) as conn:
+                    cur = await conn.execute(query, params)
+                    return await cur.fetchall()
+            except DatabaseUnavailable as exc:
+                if attempt == 2 or isinstance(exc.__cause__, psycopg_pool.PoolTimeout):
+                    raise
+        raise AssertionError("unreachable")
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def get(self, resource: str, item_id: str) -> Row | None:
+        rows = await self._read("get", self._queries[resource].get, [item_id])
+        return _row(rows[0]) if rows else None
+
+    async def page(self, resource: str, *, after_seq: int, limit: int) -> list[Row]:
+        rows = await self._read("list", self._queries[resource].page, [after_seq, limit])
+        return [_row(r) for r in rows]
+
+    # --- writes -----------------------------------------------------------------------------
+
+    async def insert(self, resource: str, item_id: str, data: dict[str, Any]) -> Row:
+        await self.ensure_schema()
+        async with self._connection("insert") as conn:
+            cur = await conn.execute(self._queries[resource].insert, [item_id, Jsonb(data, _dumps)])
+            row = await cur.fetchone()
+        assert row is not None
+        return _row(row, created=True)
+
+    async def replace(
+        self,
+        resource: str,
+        item_id: str,
+        *,
+        compute: Callable[[Row | None], dict[str, Any]],
+        precondition: Precondition | None,
+        create: bool,
+    ) -> Row:
+        """Lock the item, check the precondition, write ``compute(current)``; one transaction.
+
+        Raises NotFound when the item is absent and ``create`` is false, PreconditionFailed,
+        or whatever ``compute`` raises (the transaction is then rolled back).
+        """
+        await self.ensure_schema()
+        queries = self._queries[resource]
+        async with self._connection("write") as conn, conn.transaction():
+            cur = await conn.execute(queries.get_for_update, [item_id])
+            found = await cur.fetchone()
+            current = _row(found) if found else None
+            if precondition is not None and not precondition(current.version if current else None):
+                raise PreconditionFailed
+            if current is None and not create:
+                raise NotFound
+            data = Jsonb(compute(current), _dumps)
+            if current is None:
+                cur = await conn.execute(queries.insert, [item_id, data])
+            else:
+                cur = await conn.execute(queries.update, [data, item_id])
+            row = await cur.fetchone()
+        assert row is not None
+        return _row(row, created=current is None)
+
+    async def delete(self, resource: str, item_id: str, *, precondition: Precondition | None) -> None:
+        """Raises NotFound or PreconditionFailed."""
+        await self.ensure_schema()
+        queries = self._queries[resource]
+        async with self._connection("delete") as conn, conn.transaction():
+            cur = await conn.execute(queries.get_for_update, [item_id])
+            found = await cur.fetchone()
+            if precondition is not None and not precondition(found[2] if found else None):
+                raise PreconditionFailed
+            if found is None:
+                raise NotFound
+            await conn.execute(queries.delete, [item_id])

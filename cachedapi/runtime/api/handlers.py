@@ -1,0 +1,220 @@
+"""The resource endpoints of design.md section 4, on raw Starlette requests.
+
+A write commits in PostgreSQL, then invalidates in Redis, then answers; an
+invalidation that cannot reach Redis is queued by the cache store and the
+write is still acknowledged (it committed). Reads go through ``reads.Reader``.
+List pages use keyset pagination on ``seq``: the cursor is the last ``seq``
+of a page (opaque, base64url), so items inserted meanwhile never shift a page.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cachedapi import contract
+from cachedapi.runtime import cache
+from cachedapi.runtime.api import db as db_mod
+from cachedapi.runtime.api import documents, protocol, reads
+
+_JSON_TYPES = (contract.JSON,)
+_PATCH_TYPES = (protocol.MERGE_PATCH, contract.JSON)
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(seq.to_bytes(8, "big")).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        seq = int.from_bytes(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)), "big")
+    except ValueError:
+        seq = -1
+    if seq < 0 or encode_cursor(seq) != cursor:
+        raise protocol.Problem(400, f"cursor: {cursor!r} is not a cursor this API issued")
+    return seq
+
+
+class Handlers:
+    """One per app: configuration is read here, once; the methods only serve."""
+
+    def __init__(
+        self,
+        *,
+        config: contract.RuntimeConfig,
+        database: db_mod.Database,
+        reader: reads.Reader,
+        store: cache.CacheStore | None,
+    ) -> None:
+        self._db = database
+        self._reader = reader
+        self._store = store
+        self._limit = config.max_body_bytes
+        self._validators = documents.Validators(config.resources)
+        self._names = frozenset(config.resources)
+        self._known = ", ".join(sorted(config.resources))
+        self._no_store = {name for name, res in config.resources.items() if not res.cacheable}
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _resource(self, request: Request) -> str:
+        name: str = request.path_params["resource"]
+        if name not in self._names:
+            raise protocol.Problem(404, f"no resource named {name!r}; this API serves: {self._known}")
+        return name
+
+    @staticmethod
+    def _forced(request: Request) -> bool:
+        return contract.REVALIDATE_HEADER in request.headers or "no-cache" in request.headers.get("cache-control", "")
+
+    def _read_response(self, request: Request, resource: str, answer: reads.Answer, missing: str) -> Response:
+        if answer.status == 404:
+            return protocol.problem_response(404, missing, headers={"X-Cache": answer.x_cache})
+        if resource in self._no_store:
+            cache_control = "no-store"
+        else:
+            cache_control = f"max-age={answer.max_age}" if answer.max_age > 0 else "no-cache"
+        headers = {
+            "ETag": answer.etag,
+            "X-Cache": answer.x_cache,
+            "Age": str(answer.age),
+            "Cache-Control": cache_control,
+        }
+        if protocol.not_modified(request, answer.etag):
+            return Response(status_code=304, headers=headers)
+        return Response(answer.body, status_code=answer.status, headers=headers, media_type=answer.content_type)
+
+    async def _invalidate(self, resource: str, item_id: str | None) -> None:
+        if self._store is not None:
+            await self._store.invalidate(resource, item_id)
+
+    def _item_id(self, request: Request) -> str:
+        item_id: str = request.path_params["id"]
+        return item_id
+
+    def _missing(self, resource: str, item_id: str) -> str:
+        return f"no {resource} item with id {item_id!r}"
+
+    # --- collection -------------------------------------------------------------------------
+
+    async def list(self, request: Request) -> Response:
+        resource = self._resource(request)
+        raw_limit = request.query_params.get("limit")
+        limit = contract.DEFAULT_PAGE_LIMIT
+        if raw_limit is not None:
+            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= contract.MAX_PAGE_LIMIT:
+                raise protocol.Problem(
+                    400, f"limit: must be an integer from 1 to {contract.MAX_PAGE_LIMIT}, got {raw_limit!r}"
+                )
+            limit = int(raw_limit)
+        cursor = request.query_params.get("cursor") or None
+        after = decode_cursor(cursor) if cursor else 0
+
+        async def load() -> reads.Loaded:
+            rows = await self._db.page(resource, after_seq=after, limit=limit + 1)
+            more = len(rows) > limit
+            rows = rows[:limit]
+            page = {
+                "items": [{"id": r.id, **r.data} for r in rows],
+                "nextCursor": encode_cursor(rows[-1].seq) if more else None,
+            }
+            body = orjson.dumps(page)
+            return reads.Loaded(200, body, f'"l{hashlib.blake2b(body, digest_size=9).hexdigest()}"')
+
+        target = cache.Target(resource, "", "", "l", "")
+        if self._store is not None:
+            target = self._store.list_target(resource, contract.canonical_list_query(limit, cursor))
+        answer = await self._reader.read(target=target, load=load, force=self._forced(request))
+        return self._read_response(request, resource, answer, "")
+
+    async def create(self, request: Request) -> Response:
+        resource = self._resource(request)
+        protocol.require_content_type(request, _JSON_TYPES)
+        body = documents.body_object(await protocol.read_json(request, limit=self._limit))
+        data = documents.strip_id(body, path_id=None)
+        self._validators.check(resource, data)
+        row = await self._db.insert(resource, str(uuid.uuid4()), data)
+        await self._invalidate(resource, None)
+        return self._written(resource, row, status=201)
+
+    def _written(self, resource: str, row: db_mod.Row, *, status: int) -> Response:
+        headers = {"ETag": documents.etag(row.version)}
+        if status == 201:
+            headers["Location"] = f"/v1/{resource}/{row.id}"
+        return protocol.json_response(documents.encode_item(row.id, row.data), status=status, headers=headers)
+
+    # --- item -------------------------------------------------------------------------------
+
+    async def get(self, request: Request) -> Response:
+        resource = self._resource(request)
+        item_id = self._item_id(request)
+        missing = self._missing(resource, item_id)
+        if not documents.valid_id(item_id):
+            return protocol.problem_response(404, missing)
+
+        async def load() -> reads.Loaded:
+            row = await self._db.get(resource, item_id)
+            if row is None:
+                return reads.Loaded(404)
+            return reads.Loaded(200, documents.encode_item(item_id, row.data), documents.etag(row.version))
+
+        target = cache.Target(resource, "", "", "i", "")
+        if self._store is not None:
+            target = self._store.item_target(resource, item_id)
+        answer = await self._reader.read(target=target, load=load, force=self._forced(request))
+        return self._read_response(request, resource, answer, missing)
+
+    async def put(self, request: Request) -> Response:
+        resource = self._resource(request)
+        item_id = self._item_id(request)
+        if not documents.valid_id(item_id):
+            raise protocol.Problem(400, f"id: {item_id!r} does not match {documents.ID_PATTERN}")
+        protocol.require_content_type(request, _JSON_TYPES)
+        body = documents.body_object(await protocol.read_json(request, limit=self._limit))
+        data = documents.strip_id(body, path_id=item_id)
+        self._validators.check(resource, data)
+        pre = protocol.Preconditions(request)
+        row = await self._db.replace(
+            resource, item_id, compute=lambda _: data, precondition=pre if pre.any else None, create=True
+        )
+        await self._invalidate(resource, item_id)
+        return self._written(resource, row, status=201 if row.created else 200)
+
+    async def patch(self, request: Request) -> Response:
+        resource = self._resource(request)
+        item_id = self._item_id(request)
+        if not documents.valid_id(item_id):
+            raise protocol.Problem(404, self._missing(resource, item_id))
+        protocol.require_content_type(request, _PATCH_TYPES)
+        patch = await protocol.read_json(request, limit=self._limit)
+        if isinstance(patch, dict):
+            patch = documents.strip_id(patch, path_id=item_id)
+        pre = protocol.Preconditions(request)
+
+        def compute(current: db_mod.Row | None) -> dict[str, Any]:
+            assert current is not None
+            merged = documents.body_object(documents.merge_patch(current.data, patch))
+            self._validators.check(resource, merged)
+            return merged
+
+        row = await self._db.replace(
+            resource, item_id, compute=compute, precondition=pre if pre.any else None, create=False
+        )
+        await self._invalidate(resource, item_id)
+        return self._written(resource, row, status=200)
+
+    async def delete(self, request: Request) -> Response:
+        resource = self._resource(request)
+        item_id = self._item_id(request)
+        if not documents.valid_id(item_id):
+            raise protocol.Problem(404, self._missing(resource, item_id))
+        pre = protocol.Preconditions(request)
+        await self._db.delete(resource, item_id, precondition=pre if pre.any else None)
+        await self._invalidate(resource, item_id)
+        return Response(status_code=204)

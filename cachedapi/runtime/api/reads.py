@@ -1,0 +1,177 @@
+"""The cached read path of the api role: hit, miss, single flight, lease, stale-if-error.
+
+A read looks the key up (``cache.CacheStore.lookup``: one round trip). A fresh
+entry is answered as stored (HIT). Otherwise the database is read by one task
+per (entry key, generation token) in this process, which concurrent misses
+await together; across processes the Redis fill lease elects one reader, and
+the others poll the entry every few milliseconds until it appears, the token
+changes, or the lease goes, then read the database themselves. The flight is
+keyed by the token a reader saw *after* its own lookup, so a reader never joins
+a database read that began before a write it must observe.
+
+Forced refreshes (``contract.REVALIDATE_HEADER`` or ``Cache-Control: no-cache``)
+read the database themselves and refill. If the database fails and the entry is
+no older than ttl + ``staleIfErrorSeconds``, the entry is answered as STALE.
+Resources with ttl 0 and every read while Redis is unusable are BYPASS: straight
+to the database, nothing stored. 404s are never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from cachedapi import contract
+from cachedapi.runtime import cache
+from cachedapi.runtime.api import db as db_mod
+from cachedapi.runtime.api import metrics as metrics_mod
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What the database gave: the encoded answer (404 has an empty body and no ETag)."""
+
+    status: int
+    body: bytes = b""
+    etag: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    etag: str
+    content_type: str
+    x_cache: str  # HIT | MISS | STALE | BYPASS
+    age: int
+    max_age: int  # seconds of freshness left; 0 = do not cache
+
+
+Load = Callable[[], Awaitable[Loaded]]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _fresh(entry: contract.Entry, now: int) -> bool:
+    return entry.stored_at_ms + entry.ttl_seconds * 1000 >= now
+
+
+def _from_entry(entry: contract.Entry, now: int, x_cache: str) -> Answer:
+    age = max(0, (now - entry.stored_at_ms) // 1000)
+    left = max(0, entry.ttl_seconds - age)
+    return Answer(entry.status, entry.body, entry.etag, entry.content_type, x_cache, age, left)
+
+
+class Reader:
+    """Answers cacheable GETs; one per app, holding the in-process flights."""
+
+    def __init__(
+        self,
+        *,
+        store: cache.CacheStore | None,
+        config: contract.RuntimeConfig,
+        metrics: metrics_mod.Metrics,
+        poll_interval: float = 0.005,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._poll_interval = poll_interval
+        self._ttl = {name: res.ttl_seconds for name, res in config.resources.items()}
+        self._expiry = {name: contract.entry_expiry_seconds(ttl, config) for name, ttl in self._ttl.items()}
+        self._stale_if_error_ms = config.stale_if_error_seconds * 1000
+        self._flights: dict[tuple[str, str], asyncio.Task[tuple[Loaded, int, bool]]] = {}
+        self._hit = metrics.cache.labels("hit")
+        self._miss = metrics.cache.labels("miss")
+        self._stale = metrics.cache.labels("stale")
+        self._bypass = metrics.cache.labels("bypass")
+
+    async def read(self, *, target: cache.Target, load: Load, force: bool) -> Answer:
+        ttl = self._ttl[target.resource]
+        store = self._store
+        if ttl == 0 or store is None or not store.usable:
+            return await self._bypassed(load)
+        now = now_ms()
+        try:
+            lookup = await store.lookup(target, now_ms=now, force=force)
+        except cache.CacheUnavailable:
+            return await self._bypassed(load)
+        entry = lookup.entry
+        if entry is not None and not force and _fresh(entry, now):
+            self._hit.inc()
+            return _from_entry(entry, now, "HIT")
+        try:
+            loaded, stored_at, coalesced = await self._flight(store, lookup, load, force=force)
+        except db_mod.DatabaseUnavailable:
+            now = now_ms()
+            if entry is not None and entry.stored_at_ms + entry.ttl_seconds * 1000 + self._stale_if_error_ms >= now:
+                self._stale.inc()
+                return _from_entry(entry, now, "STALE")
+            raise
+        self._miss.inc()
+        if coalesced:
+            self._metrics.coalesced.inc()
+        if loaded.status != 200:
+            return Answer(loaded.status, loaded.body, loaded.etag, contract.JSON, "MISS", 0, 0)
+        age = max(0, (now_ms() - stored_at) // 1000)
+        return Answer(200, loaded.body, loaded.etag, contract.JSON, "MISS", age, max(0, ttl - age))
+
+    async def _bypassed(self, load: Load) -> Answer:
+        self._bypass.inc()
+        loaded = await load()
+        return Answer(loaded.status, loaded.body, loaded.etag, contract.JSON, "BYPASS", 0, 0)
+
+    async def _flight(
+        self, store: cache.CacheStore, lookup: cache.Lookup, load: Load, *, force: bool
+    ) -> tuple[Loaded, int, bool]:
+        """(answer, stored_at_ms, coalesced): one database read per key and token in this process."""
+        if force:
+            return await asyncio.shield(asyncio.ensure_future(self._refill(store, lookup, load, read_now=True)))
+        key = (lookup.entry_key, lookup.token)
+        task = self._flights.get(key)
+        if task is not None:
+            loaded, stored_at, _ = await asyncio.shield(task)
+            return loaded, stored_at, True
+        task = asyncio.ensure_future(self._refill(store, lookup, load, read_now=lookup.leased))
+        self._flights[key] = task
+        task.add_done_callback(lambda _: self._flights.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _refill(
+        self, store: cache.CacheStore, lookup: cache.Lookup, load: Load, *, read_now: bool
+    ) -> tuple[Loaded, int, bool]:
+        if not read_now:
+            deadline = time.monotonic() + store.lease_ms / 1000
+            while time.monotonic() < deadline:
+                await asyncio.sleep(self._poll_interval)
+                try:
+                    entry, same_token, leased = await store.poll(lookup)
+                except cache.CacheUnavailable:
+                    break
+                if entry is not None and _fresh(entry, now_ms()):
+                    return Loaded(entry.status, entry.body, entry.etag), entry.stored_at_ms, True
+                if not same_token or not leased:
+                    break
+        try:
+            loaded = await load()
+        except BaseException:
+            await store.release(lookup)
+            raise
+        stored_at = now_ms()
+        if loaded.status == 200:
+            ttl = self._ttl[lookup.target.resource]
+            entry_bytes = contract.encode_entry(
+                stored_at_ms=stored_at,
+                ttl_seconds=ttl,
+                status=200,
+                etag=loaded.etag,
+                content_type=contract.JSON,
+                body=loaded.body,
+            )
+            await store.fill(lookup, entry=entry_bytes, expiry_seconds=self._expiry[lookup.target.resource])
+        else:
+            await store.release(lookup)
+        return loaded, stored_at, False

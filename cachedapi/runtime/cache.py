@@ -1,0 +1,322 @@
+"""The cache store: the api role's only door to Redis, one Lua script per step.
+
+It implements the coherence protocol of ``contract`` (generation tokens):
+
+- ``lookup``: one round trip returns the entry, the current generation token
+  (for a list, the list token is read first and the page is looked up under
+  it) and, when the entry is absent or stale, whether this reader took the
+  fill lease (``SET NX PX``). The lease key is ``contract.lease_key`` with the
+  entry key's tail after ``{prefix}:{resource}:`` as the cache key
+  (``i:{id}`` or ``l:{token}:{query}``).
+- ``fill``: stores the entry only if the token is still the one the reader saw
+  before it read PostgreSQL (absent compares as ``""``), then releases its lease.
+- ``invalidate``: after a committed write, replaces the item and list tokens
+  with fresh random ones and deletes the item entry and its lease.
+
+Entries are stamped with this process's wall clock (ms); freshness is judged
+against the same wall clock, so clock skew between pods shifts ages by the skew.
+
+Redis failures open a circuit breaker for ``backoff`` seconds (reads bypass the
+cache meanwhile, logged once per outage). An invalidation that cannot reach
+Redis is retried briefly, then queued in-process and retried in the background
+and before every lookup; while one is queued this process bypasses the cache.
+Residual risk: other processes (gateways, other api pods) that can still reach
+Redis may serve the entry the queued invalidation would have deleted, until it
+is flushed or the entry expires (ttl + the stale window); if this process dies
+with invalidations queued they are lost and the same bound applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import prometheus_client
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from cachedapi import contract
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_LOOKUP = """
+local token = redis.call('GET', KEYS[1]) or ''
+local suffix = ARGV[3]
+if ARGV[2] == 'l' then suffix = 'l:' .. token .. ':' .. ARGV[3] end
+local entry = redis.call('GET', ARGV[1] .. suffix)
+local need = 1
+if entry and ARGV[5] ~= '1' then
+  local at, ttl = string.match(entry, '^CA1 (%d+) (%d+) ')
+  if at and tonumber(at) + tonumber(ttl) * 1000 >= tonumber(ARGV[4]) then need = 0 end
+end
+local leased = 0
+if need == 1 and redis.call('SET', ARGV[1] .. 'f:' .. suffix, ARGV[6], 'NX', 'PX', ARGV[7]) then leased = 1 end
+return {entry or '', token, leased}
+"""
+
+_FILL = """
+local stored = 0
+if (redis.call('GET', KEYS[1]) or '') == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+  stored = 1
+end
+if redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
+return stored
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_INVALIDATE = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+if #KEYS > 1 then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+  redis.call('DEL', KEYS[3], KEYS[4])
+end
+return 1
+"""
+
+_REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+
+
+class StoreMetrics(Protocol):
+    """The metrics the store counts into (the api role's ``Metrics`` has them)."""
+
+    redis_errors: prometheus_client.Counter
+    fills: prometheus_client.Counter
+    invalidation_failures: prometheus_client.Counter
+    invalidations_pending: prometheus_client.Gauge
+
+
+class CacheUnavailable(Exception):
+    """Redis cannot be used right now: the caller goes to PostgreSQL."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a read looks up: one item, or one list page (``query`` is canonical)."""
+
+    resource: str
+    base: str  # "{prefix}:{resource}:"
+    gen_key: str
+    kind: str  # "i" or "l"
+    tail: str  # "i:{id}" for an item; the canonical query for a list page
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    target: Target
+    entry: contract.Entry | None
+    token: str  # "" when absent
+    entry_key: str
+    lease_key: str
+    lease_owner: str
+    leased: bool
+
+
+class CacheStore:
+    """Lookup, poll, fill and invalidate, behind a circuit breaker."""
+
+    def __init__(
+        self,
+        *,
+        client: aioredis.Redis,
+        config: contract.RuntimeConfig,
+        metrics: StoreMetrics,
+        backoff: float = 1.0,
+        lease_ms: int = 2000,
+    ) -> None:
+        self._client = client
+        self._prefix = config.key_prefix
+        self._metrics = metrics
+        self._backoff = backoff
+        self.lease_ms = lease_ms
+        self._lookup = client.register_script(_LOOKUP)
+        self._fill = client.register_script(_FILL)
+        self._release = client.register_script(_RELEASE)
+        self._invalidate = client.register_script(_INVALIDATE)
+        self._owner = os.urandom(6).hex()
+        self._counter = itertools.count()
+        self._open_until = 0.0
+        self._down = False
+        self._pending: dict[tuple[str, str | None], None] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    # --- targets ----------------------------------------------------------------------------
+
+    def item_target(self, resource: str, item_id: str) -> Target:
+        base = f"{self._prefix}:{resource}:"
+        return Target(resource, base, contract.item_gen_key(self._prefix, resource, item_id), "i", f"i:{item_id}")
+
+    def list_target(self, resource: str, query: str) -> Target:
+        base = f"{self._prefix}:{resource}:"
+        return Target(resource, base, contract.list_gen_key(self._prefix, resource), "l", query)
+
+    # --- breaker ----------------------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        return not self._pending and time.monotonic() >= self._open_until
+
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        if time.monotonic() < self._open_until:
+            raise CacheUnavailable("circuit open")
+        try:
+            result = await fn()
+        except _REDIS_ERRORS as exc:
+            self._metrics.redis_errors.inc()
+            self._open_until = time.monotonic() + self._backoff
+            if not self._down:
+                self._down = True
+                log.warning("Redis unreachable (%s): bypassing the cache, retrying every %.1fs", exc, self._backoff)
+            raise CacheUnavailable(str(exc)) from exc
+        if self._down:
+            self._down = False
+            log.warning("Redis reachable again: caching resumes")
+        return result
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def lookup(self, target: Target, *, now_ms: int, force: bool) -> Lookup:
+        """The entry (fresh or stale), the token, and the lease when a refill is needed."""
+        if self._pending and not await self.flush_pending():
+            raise CacheUnavailable("invalidations pending")
+        owner = f"{self._owner}{next(self._counter)}"
+        args: list[str | int] = [
+            target.base,
+            target.kind,
+            target.tail,
+            now_ms,
+            "1" if force else "0",
+            owner,
+            self.lease_ms,
+        ]
+        raw, token_b, leased = await self._call(lambda: self._lookup(keys=[target.gen_key], args=args))
+        token = token_b.decode()
+        tail = f"l:{token}:{target.tail}" if target.kind == "l" else target.tail
+        return Lookup(
+            target=target,
+            entry=contract.decode_entry(raw) if raw else None,
+            token=token,
+            entry_key=target.base + tail,
+            lease_key=target.base + "f:" + tail,
+            lease_owner=owner,
+            leased=bool(leased),
+        )
+
+    async def poll(self, lookup: Lookup) -> tuple[contract.Entry | None, bool, bool]:
+        """(entry, token unchanged, lease still held by someone) for a reader waiting on a lease."""
+        keys = [lookup.entry_key, lookup.target.gen_key, lookup.lease_key]
+        raw, token, lease = await self._call(lambda: self._client.mget(keys))
+        entry = contract.decode_entry(raw) if isinstance(raw, bytes) else None
+        return entry, (token.decode() if isinstance(token, bytes) else "") == lookup.token, lease is not None
+
+    async def fill(self, lookup: Lookup, *, entry: bytes, expiry_seconds: int) -> bool:
+        """Store ``entry`` if no write happened since ``lookup``; release the lease. Never raises."""
+        keys = [lookup.target.gen_key, lookup.entry_key, lookup.lease_key]
+        args: list[Any] = [lookup.token, entry, expiry_seconds, lookup.lease_owner]
+        try:
+            stored = bool(await self._call(lambda: self._fill(keys=keys, args=args)))
+        except CacheUnavailable:
+            self._metrics.fills.labels("skipped").inc()
+            return False
+        self._metrics.fills.labels("stored" if stored else "rejected").inc()
+        return stored
+
+    async def release(self, lookup: Lookup) -> None:
+        if lookup.leased:
+            with contextlib.suppress(CacheUnavailable):  # else the lease expires by itself
+                await self._call(lambda: self._release(keys=[lookup.lease_key], args=[lookup.lease_owner]))
+
+    # --- writes -----------------------------------------------------------------------------
+
+    async def invalidate(self, resource: str, item_id: str | None) -> bool:
+        """New tokens for the resource's list pages (and the item); False if queued for later."""
+        for delay in (0.02, 0.08, None):
+            if time.monotonic() >= self._open_until:
+                try:
+                    await self._call(lambda: self._invalidate_now(resource, item_id))
+                    return True
+                except CacheUnavailable:
+                    pass
+            if delay is None:
+                break
+            await asyncio.sleep(delay)
+        self._pending[(resource, item_id)] = None
+        self._metrics.invalidation_failures.inc()
+        self._metrics.invalidations_pending.set(len(self._pending))
+        log.warning("invalidation of %s/%s queued until Redis is reachable", resource, item_id or "*")
+        return False
+
+    async def _invalidate_now(self, resource: str, item_id: str | None) -> Any:
+        keys = [contract.list_gen_key(self._prefix, resource)]
+        if item_id is not None:
+            base = f"{self._prefix}:{resource}:"
+            keys += [
+                contract.item_gen_key(self._prefix, resource, item_id),
+                f"{base}i:{item_id}",
+                f"{base}f:i:{item_id}",
+            ]
+        args: list[str | int] = [os.urandom(16).hex(), os.urandom(16).hex(), contract.GEN_TTL_SECONDS]
+        return await self._invalidate(keys=keys, args=args)
+
+    async def flush_pending(self) -> bool:
+        """Send queued invalidations; True when none is left."""
+        for key in list(self._pending):
+            try:
+                await self._call(lambda key=key: self._invalidate_now(*key))  # type: ignore[misc]
+            except CacheUnavailable:
+                break
+            del self._pending[key]
+            if not self._pending:
+                log.warning("queued invalidations flushed")
+        self._metrics.invalidations_pending.set(len(self._pending))
+        return not self._pending
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            if self._pending:
+                await self.flush_pending()
+
+    async def ping(self) -> bool:
+        try:
+            await self._call(lambda: self._client.ping())
+        except CacheUnavailable:
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._client.aclose()
+
+
+def client_from_url(url: str) -> aioredis.Redis:
+    """A client that fails fast: short timeouts, no retries (the breaker decides when to retry)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=0.25,
+        socket_timeout=0.5,
+        health_check_interval=5,
+        retry=Retry(NoBackoff(), 0),
+    )
