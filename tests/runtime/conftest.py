@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 
 from cachedapi import contract, model
 from cachedapi.runtime.api import app as api_app
@@ -28,6 +29,20 @@ def runtime_config(
         resources=resources,
         stale_if_error_seconds=config.stale_if_error_seconds if stale_if_error is None else stale_if_error,
     )
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` with these labels, in a Prometheus text exposition."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def app_metric(app: FastAPI, name: str, **labels: str) -> float:
+    return metric(app.state.metrics.render().decode(), name, **labels)
 
 
 @contextlib.asynccontextmanager

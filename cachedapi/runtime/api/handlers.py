@@ -33,10 +33,11 @@ def encode_cursor(seq: int) -> str:
 
 def decode_cursor(cursor: str) -> int:
     try:
-        seq = int.from_bytes(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)), "big")
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     except ValueError:
-        seq = -1
-    if seq < 0 or encode_cursor(seq) != cursor:
+        raw = b""
+    seq = int.from_bytes(raw, "big")
+    if len(raw) != 8 or seq >= 2**63 or encode_cursor(seq) != cursor:
         raise protocol.Problem(400, f"cursor: {cursor!r} is not a cursor this API issued")
     return seq
 
