@@ -309,14 +309,21 @@ class CacheStore:
 
 
 def client_from_url(url: str) -> aioredis.Redis:
-    """A client that fails fast: short timeouts, no retries (the breaker decides when to retry)."""
+    """A client that fails fast: short timeouts, no retries (the breaker decides when to retry).
+
+    The pool is bounded and blocking: a burst of concurrent requests waits briefly for a
+    connection instead of opening hundreds (or failing with "too many connections").
+    """
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=64,
+        timeout=1.0,
         socket_connect_timeout=0.25,
         socket_timeout=0.5,
         health_check_interval=5,
         retry=Retry(NoBackoff(), 0),
     )
+    return aioredis.Redis.from_pool(pool)
