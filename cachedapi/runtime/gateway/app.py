@@ -1,0 +1,194 @@
+"""The gateway role as one plain ASGI callable: the product's hot path.
+
+No framework routing and no Pydantic: ``Gateway.__call__`` looks at the path,
+and a ``/v1/`` request takes the steps of the flow in design.md section 1
+(authenticate, then one Redis round trip that both rate-limits and reads the
+cache entry, then answer from the entry or forward). Everything a request
+needs that does not depend on the request (keys, header values, the route
+table, the rate parameters, the Lua script's SHA) is computed in
+``__init__``. The cache-hit answer is the stored body bytes, unchanged.
+
+The other routes: ``/healthz`` (the process is alive), ``/readyz`` (started:
+the auth keys are loaded; Redis and the api role being down do not make the
+gateway unready, because it still has answers to give: cached ones, and
+clear 502s), ``/metrics``, and ``/openapi.json`` and ``/docs`` which are
+forwarded to the api role without authentication (documentation holds no
+data, and a browser opening ``/docs`` sends no key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+import orjson
+
+from cachedapi import contract
+from cachedapi.runtime.gateway import answers, auth, caching, metrics, redisconn, upstream
+from cachedapi.runtime.gateway.answers import Receive, Scope, Send
+
+log = logging.getLogger("cachedapi.gateway")
+
+FORWARDED_PATHS = ("/openapi.json", "/docs", "/redoc")
+
+
+class Gateway:
+    def __init__(self, config: contract.RuntimeConfig, environ: Mapping[str, str]) -> None:
+        self.config = config
+        self.metrics = metrics.Metrics()
+        self.counts = self.metrics.counts
+        self.auth = auth.build(config, environ)
+        self.realm = config.name.encode("ascii", "replace").replace(b'"', b"")
+        redis_url = environ.get(contract.ENV_REDIS_URL)
+        self.redis = (
+            redisconn.PipelinedRedis(redis_url, on_down=self._redis_down, on_up=self._redis_up) if redis_url else None
+        )
+        self.upstream = upstream.Upstream(config.upstream_url, counts=self.metrics)
+        self.cache = caching.Cache(
+            config,
+            redis=self.redis,
+            upstream=self.upstream,
+            counts=self.counts,
+            rate_by_ip=config.rate_by == "clientIP" or config.auth_mode == "none",
+        )
+        self.ready = False
+
+    # --- Redis outage: one log line per outage ---------------------------------------------
+
+    def _redis_down(self, why: str) -> None:
+        self.counts.redis_outages += 1
+        self.counts.redis_down = True
+        log.warning("Redis unavailable (%s): serving without cache and rate limit until it is back", why)
+
+    def _redis_up(self) -> None:
+        self.counts.redis_down = False
+        log.warning("Redis is back: cache and rate limit resumed")
+
+    # --- ASGI -------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path: str = scope["path"]
+            if path.startswith("/v1/"):
+                await self._api(scope, receive, send)
+            else:
+                await self._other(path, scope, receive=receive, send=send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _api(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = if_none_match = cache_control = request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-api-key":
+                token = value
+            elif name == b"authorization":
+                if value[:7].lower() == b"bearer ":
+                    token = value[7:].strip()
+            elif name == b"if-none-match":
+                if_none_match = value
+            elif name == b"cache-control":
+                cache_control = value
+            elif name == b"x-request-id":
+                request_id = value[:128]
+        if request_id is None:
+            request_id = self.cache.new_request_id()
+
+        client = ""
+        if self.auth.required:
+            if token is None:
+                denied: auth.Denied | str = auth.MISSING
+                if answers.query_has_key(scope["query_string"]):
+                    denied = auth.Denied(
+                        "missing credentials: API keys in the query string are not accepted; send "
+                        "'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                        token_given=False,
+                    )
+            else:
+                denied = self.auth.check(token)
+                if isinstance(denied, auth.Denied) and denied.unknown_kid:
+                    denied = await self.auth.check_slow(token)
+            if isinstance(denied, auth.Denied):
+                await self._unauthorized(scope, send, denied=denied, request_id=request_id)
+                return
+            client = denied
+        await self.cache.handle(
+            scope,
+            receive,
+            send,
+            client=client,
+            request_id=request_id,
+            if_none_match=if_none_match,
+            cache_control=cache_control,
+        )
+
+    async def _unauthorized(self, scope: Scope, send: Send, *, denied: auth.Denied, request_id: bytes) -> None:
+        """401, counted against the caller's IP: guessing keys is rate-limited like anything else."""
+        headers = [answers.www_authenticate(self.realm, invalid=denied.token_given, detail=denied.detail)]
+        limited = await self.cache.limit_only(scope, client="", headers=headers)
+        headers.append((b"x-request-id", request_id))
+        if limited:
+            await self.cache.too_many(send, headers)
+            return
+        self.counts.unauthorized += 1
+        await answers.send_problem(send, 401, detail=denied.detail, headers=headers)
+
+    async def _other(self, path: str, scope: Scope, *, receive: Receive, send: Send) -> None:
+        if path == "/healthz":
+            await answers.send_answer(send, 200, headers=[(b"content-type", answers.JSON_TYPE)], body=b'{"ok":true}')
+        elif path == "/readyz":
+            body = orjson.dumps(
+                {
+                    "status": "ready" if self.ready else "starting",
+                    "redis": "down" if self.counts.redis_down else "up",
+                }
+            )
+            await answers.send_answer(
+                send, 200 if self.ready else 503, headers=[(b"content-type", answers.JSON_TYPE)], body=body
+            )
+        elif path == "/metrics":
+            await answers.send_answer(
+                send, 200, headers=[(b"content-type", self.metrics.CONTENT_TYPE)], body=self.metrics.render()
+            )
+        elif path in FORWARDED_PATHS or path.startswith("/docs/"):
+            await self.cache.forward_plain(scope, receive, send)
+        else:
+            await answers.send_problem(send, 404, detail=f"no route {path}: the API is under /v1/")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("gateway start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        await self.upstream.start()
+        await self.auth.start()
+        await self.cache.start()
+        self.ready = True
+        log.info("gateway for %s ready; upstream %s", self.config.name, self.config.upstream_url)
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        await self.cache.close()
+        await self.auth.close()
+        await self.upstream.close()
+        if self.redis is not None:
+            await self.redis.close()
+        await asyncio.sleep(0)
+
+
+def create_app(config: contract.RuntimeConfig, environ: Mapping[str, str]) -> Gateway:
+    """The ASGI app that ``cachedapi runtime --role gateway`` serves."""
+    return Gateway(config, environ)
