@@ -1,0 +1,213 @@
+"""The kopf handlers: the only module that imports kopf.
+
+Why these handlers and not ``@kopf.on.create/update/resume`` and a timer:
+kopf's change-detecting handlers persist their progress and a "last handled"
+copy of the spec in annotations, and its timers put a finalizer on every
+object; each is a write. Here kopf does what it is best at, watching and
+indexing, and nothing else:
+
+- ``@kopf.index`` keeps the CachedApis and every kind of child in memory,
+  kept current by kopf's watches; kopf holds all handlers back until every
+  index has been listed once, so a restarted operator never mistakes an
+  existing child for a missing one;
+- ``@kopf.on.event`` (kopf's silent, stateless spy handlers) asks for a
+  reconcile of the CachedApi on any event of it or of a child it owns;
+- a resync task asks for a reconcile of every CachedApi each
+  ``CACHEDAPI_RESYNC_SECONDS`` (default 60): the periodic timer, which also
+  paces the retries of an invalid spec.
+
+So kopf writes nothing to the objects: no finalizer, no annotation, and no
+Event (posting is switched off; the reconciler posts its own Events, on
+transitions only). Deleting a CachedApi is never blocked by the operator:
+owner references do the clean-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from cachedapi import model
+from cachedapi.operator import kube, reconcile, scheduler
+from cachedapi.operator.children import names
+
+logger = logging.getLogger(__name__)
+
+ENV_RESYNC_SECONDS = "CACHEDAPI_RESYNC_SECONDS"
+ENV_RETRY_SECONDS = "CACHEDAPI_RETRY_SECONDS"
+
+OWNED = {names.LABEL_MANAGED_BY: names.MANAGER}
+_CHILD_INDEX = "children_{plural}"
+#: Child kinds watched and indexed (Secrets are read on demand: watching every Secret
+#: in the cluster would cost memory and a broader RBAC grant).
+WATCHED = [k for k in kube.CHILD_KINDS.values() if k.kind != "Secret"]
+
+
+def _group_version(kind: kube.Kind) -> tuple[str, str]:
+    if "/" in kind.api_version:
+        group, version = kind.api_version.split("/", 1)
+        return group, version
+    return "", kind.api_version
+
+
+@dataclass
+class Operator:
+    """Everything one operator process holds: the client, the reconciler, the scheduler."""
+
+    resync_seconds: float
+    retry_seconds: float
+    client: kube.Client = field(default_factory=kube.Client)
+    indices: dict[str, Any] = field(default_factory=dict)
+    reconciler: reconcile.Reconciler | None = None
+    scheduler: scheduler.Scheduler | None = None
+    resync_task: asyncio.Task[None] | None = None
+    indexed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def request(self, key: Hashable) -> None:
+        if self.scheduler is not None:
+            self.indexed.set()  # kopf calls handlers only after every index was listed once
+            self.scheduler.request(key)
+
+    def children(self, key: tuple[str, str]) -> dict[reconcile.ChildKey, dict[str, Any]]:
+        found: dict[reconcile.ChildKey, dict[str, Any]] = {}
+        for kind in WATCHED:
+            index = self.indices.get(_CHILD_INDEX.format(plural=kind.plural)) or {}
+            for kind_name, name, body in index.get(key, ()):
+                found[(kind_name, name)] = body
+        return found
+
+    def owner(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        store = (self.indices.get("cachedapis") or {}).get(key)
+        bodies: Iterable[dict[str, Any]] = store or ()
+        return next(iter(bodies), None)
+
+    async def work(self, key: Hashable) -> None:
+        assert self.reconciler is not None and isinstance(key, tuple)
+        body = self.owner(key)
+        if body is None:
+            self.reconciler.forget(key)
+            return
+        await self.reconciler.reconcile(body, self.children(key))
+
+    async def resync(self) -> None:
+        await self.indexed.wait()
+        while True:
+            await asyncio.sleep(self.resync_seconds)
+            for key in list(self.indices.get("cachedapis") or {}):
+                self.request(key)
+
+
+def _snapshot(body: kopf.Body) -> dict[str, Any]:
+    """A plain copy: kopf's body views change under our feet as new events arrive."""
+    return copy.deepcopy(dict(body))
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    settings.posting.enabled = False  # kopf's own Events: none (ours are posted on transitions)
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 600
+    op: Operator = memo["operator"]
+    op.indices = {name: kwargs[name] for name in kwargs if name == "cachedapis" or name.startswith("children_")}
+    op.reconciler = reconcile.Reconciler(op.client)
+    op.scheduler = scheduler.Scheduler(op.work, retry_seconds=op.retry_seconds)
+    op.resync_task = asyncio.get_running_loop().create_task(op.resync(), name="resync")
+
+
+@kopf.on.cleanup()
+async def shut_down(memo: kopf.Memo, **_: Any) -> None:
+    op: Operator = memo["operator"]
+    if op.resync_task is not None:
+        op.resync_task.cancel()
+    if op.scheduler is not None:
+        await op.scheduler.close()
+    await op.client.close()
+
+
+@kopf.on.login()
+async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own logins, tried in-cluster first; the result is shared with ``kube.Client``."""
+    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+    if info is None:
+        try:
+            import kubernetes  # noqa: F401  (optional: understands exec plugins and auth providers)
+        except ImportError:
+            info = kopf.login_with_kubeconfig(**kwargs)
+        else:
+            info = kopf.login_via_client(**kwargs)
+    if info is None:
+        return None
+    op: Operator = memo["operator"]
+
+    def text(value: Any) -> str | None:
+        return None if value is None else os.fsdecode(value)
+
+    await op.client.login(
+        kube.Credentials(
+            server=info.server,
+            ca_path=text(info.ca_path),
+            ca_data=info.ca_data,
+            insecure=bool(info.insecure),
+            scheme=info.scheme,
+            token=info.token,
+            username=info.username,
+            password=info.password,
+            certificate_path=text(info.certificate_path),
+            certificate_data=info.certificate_data,
+            private_key_path=text(info.private_key_path),
+            private_key_data=info.private_key_data,
+        )
+    )
+    return info
+
+
+@kopf.index(model.API_GROUP, model.API_VERSION, model.PLURAL, id="cachedapis")
+async def index_cachedapi(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace or "default", name): _snapshot(body)}
+
+
+@kopf.on.event(model.API_GROUP, model.API_VERSION, model.PLURAL, id="cachedapi-event")
+async def on_cachedapi(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    memo["operator"].request((namespace or "default", name))
+
+
+def _register_child(kind: kube.Kind) -> None:
+    group, version = _group_version(kind)
+
+    async def index_child(
+        namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+    ) -> dict[Any, Any]:
+        owner = labels.get(names.LABEL_INSTANCE)
+        return {(namespace, owner): (kind.kind, name, _snapshot(body))} if owner else {}
+
+    async def on_child(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+        owner = labels.get(names.LABEL_INSTANCE)
+        if owner:
+            memo["operator"].request((namespace, owner))
+
+    index_id = _CHILD_INDEX.format(plural=kind.plural)
+    kopf.index(group, version, kind.plural, labels=OWNED, id=index_id)(index_child)
+    kopf.on.event(group, version, kind.plural, labels=OWNED, id=f"{kind.plural}-event")(on_child)
+
+
+for _kind in WATCHED:
+    _register_child(_kind)
+
+
+def run(*, namespaces: list[str], liveness_endpoint: str | None, resync_seconds: float, retry_seconds: float) -> None:
+    """Run the operator until it is told to stop (SIGINT/SIGTERM)."""
+    operator = Operator(resync_seconds=resync_seconds, retry_seconds=retry_seconds)
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness_endpoint,
+        memo=kopf.Memo(operator=operator),
+    )

@@ -1,0 +1,268 @@
+"""One reconcile of one CachedApi: observe -> validate -> converge -> status.
+
+Level-based and idempotent: it reads the CachedApi and its children as they
+are now (from kopf's in-memory indexes, which its watches keep current),
+builds the desired children with the same builders as ``cachedapi render``,
+and writes only what differs: a missing child is created, a drifted one is
+merge-patched, an unwanted one deleted, and the status patched only when the
+computed status is not the one already stored. An unchanged world therefore
+costs no write at all, Events included (they are posted on transitions only).
+
+A spec that cannot be acted on (rejected by the model, or naming a Secret
+that does not exist) is not an exception: it becomes ``SpecValid=False`` with
+the field in the message, phase ``Failed``, one Warning Event, and the next
+look happens at the next periodic resync, not in a retry storm.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cachedapi import model
+from cachedapi.operator import children as builders
+from cachedapi.operator import drift, kube, status
+from cachedapi.operator.children import names, runtime, secrets
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+ChildKey = tuple[str, str]  # (kind, name)
+
+#: How long a create is trusted before the index shows the object (then a 409 is expected anyway).
+EXPECTATION_SECONDS = 30.0
+
+
+class SpecError(Exception):
+    """A spec that the operator cannot act on; the message names the field."""
+
+
+@dataclass
+class Memory:
+    """What one CachedApi's reconciles remember between passes (never persisted)."""
+
+    created: dict[ChildKey, float] = field(default_factory=dict)
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Reconciler:
+    """Converges CachedApis; all API traffic goes through ``kube.Client``."""
+
+    def __init__(self, client: kube.Client) -> None:
+        self.client = client
+        self.memory: dict[Key, Memory] = {}
+
+    def forget(self, key: Key) -> None:
+        self.memory.pop(key, None)
+
+    async def reconcile(self, body: Mapping[str, Any], children: Mapping[ChildKey, dict[str, Any]]) -> None:
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace") or "default", meta["name"])
+        if meta.get("deletionTimestamp"):
+            return  # being deleted: garbage collection removes the children
+        memory = self.memory.setdefault(key, Memory())
+        generation = int(meta.get("generation") or 1)
+        old_status = dict(body.get("status") or {})
+        try:
+            api = self._parse(body)
+            digests = await self._referenced_secrets(api)
+            digests.update(await self._generated_secrets(api, uid=meta["uid"], children=children))
+        except SpecError as exc:
+            new_status = status.invalid(old=old_status, error=str(exc), generation=generation, now=now_iso())
+            await self._write_status(key, body, old_status, new_status)
+            return
+
+        inputs = builders.Inputs(owner_uid=meta["uid"], api_key="", db_password="", secret_digests=digests)
+        desired = [obj for obj in builders.desired_objects(api, inputs) if obj["kind"] != "Secret"]
+        touched = await self._converge(api, desired, children, memory)
+        await self._prune(desired, children, uid=meta["uid"])
+
+        workloads = self._workloads(api, children, touched)
+        new_status = status.compute(
+            api=api,
+            old=old_status,
+            workloads=workloads,
+            generation=generation,
+            api_keys_secret=names.api_keys_secret(api),
+            now=now_iso(),
+        )
+        await self._write_status(key, body, old_status, new_status)
+
+    # --- observe and validate ------------------------------------------------------------------
+
+    @staticmethod
+    def _parse(body: Mapping[str, Any]) -> model.CachedApi:
+        meta = body.get("metadata") or {}
+        spec = body.get("spec")
+        if not isinstance(spec, dict):
+            raise SpecError("spec: required")
+        try:
+            return model.parse({"metadata": dict(meta), "spec": spec})
+        except model.ManifestError as exc:
+            raise SpecError(str(exc)) from None
+
+    async def _referenced_secrets(self, api: model.CachedApi) -> dict[str, str]:
+        """Digests of the user's Secrets the pods read; a missing one is a SpecError naming the field."""
+        digests: dict[str, str] = {}
+        found: dict[str, dict[str, Any]] = {}
+        for name, where in secrets.referenced(api).items():
+            live = await self.client.get(kube.SECRET, api.metadata.namespace, name)
+            if live is None:
+                raise SpecError(f"{where}: secret {name} not found in namespace {api.metadata.namespace}")
+            found[name] = live
+            digests[name] = secrets.digest(live.get("data"))
+        for (name, key), where in secrets.required_keys(api).items():
+            if key not in (found[name].get("data") or {}):
+                raise SpecError(f"{where}: secret {name} has no key {key!r}")
+        return digests
+
+    async def _generated_secrets(
+        self, api: model.CachedApi, *, uid: str, children: Mapping[ChildKey, dict[str, Any]]
+    ) -> dict[str, str]:
+        """Create the generated Secrets that are missing (never touch existing ones); their digests."""
+        fresh = builders.Inputs(owner_uid=uid, api_key=secrets.new_token(), db_password=secrets.new_token())
+        digests: dict[str, str] = {}
+        for wanted in secrets.generated(api, fresh):
+            name = wanted["metadata"]["name"]
+            live = await self.client.get(kube.SECRET, api.metadata.namespace, name)
+            if live is None:
+                created = await self.client.create(wanted)
+                logger.info("created Secret %s/%s", api.metadata.namespace, name)
+                live = created or await self.client.get(kube.SECRET, api.metadata.namespace, name) or wanted
+            data = live.get("data")
+            if data is None and live.get("stringData"):
+                data = {k: base64.b64encode(str(v).encode()).decode() for k, v in live["stringData"].items()}
+            digests[name] = secrets.digest(data)
+        return digests
+
+    # --- converge ------------------------------------------------------------------------------
+
+    async def _converge(
+        self,
+        api: model.CachedApi,
+        desired: list[dict[str, Any]],
+        children: Mapping[ChildKey, dict[str, Any]],
+        memory: Memory,
+    ) -> set[ChildKey]:
+        touched: set[ChildKey] = set()
+        create_only = builders.create_only_paths(api)
+        clock = time.monotonic()
+        for obj in desired:
+            ckey = (obj["kind"], obj["metadata"]["name"])
+            live = children.get(ckey)
+            namespace = obj["metadata"]["namespace"]
+            if live is None:
+                if clock - memory.created.get(ckey, -EXPECTATION_SECONDS) < EXPECTATION_SECONDS:
+                    continue  # created moments ago; the watch has not shown it yet
+                created = await self.client.create(obj)
+                memory.created[ckey] = clock
+                touched.add(ckey)
+                if created is not None:
+                    logger.info("created %s %s/%s", obj["kind"], namespace, ckey[1])
+                continue
+            memory.created.pop(ckey, None)
+            ignore = create_only.get(ckey, [])
+            if drift.differs(obj, live, ignore=ignore):
+                await self.client.patch(
+                    kube.kind_of(obj), namespace, ckey[1], drift.patch_body(obj, live, ignore=ignore)
+                )
+                touched.add(ckey)
+                logger.info("patched %s %s/%s back to the spec", obj["kind"], namespace, ckey[1])
+        return touched
+
+    async def _prune(
+        self, desired: list[dict[str, Any]], children: Mapping[ChildKey, dict[str, Any]], *, uid: str
+    ) -> None:
+        """Delete children this CachedApi controls that the spec no longer asks for."""
+        wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
+        for ckey, live in children.items():
+            if ckey in wanted or ckey[0] == "Secret" or ckey[0] not in kube.CHILD_KINDS:
+                continue
+            refs = (live.get("metadata") or {}).get("ownerReferences") or []
+            if not any(r.get("uid") == uid and r.get("controller") for r in refs):
+                continue
+            namespace = live["metadata"].get("namespace") or "default"
+            await self.client.delete(kube.CHILD_KINDS[ckey[0]], namespace, ckey[1])
+            logger.info("deleted %s %s/%s: no longer in the spec", ckey[0], namespace, ckey[1])
+
+    @staticmethod
+    def _workloads(
+        api: model.CachedApi, children: Mapping[ChildKey, dict[str, Any]], touched: set[ChildKey]
+    ) -> dict[status.Role, status.Workload]:
+        out: dict[status.Role, status.Workload] = {}
+        for role in (names.Role.GATEWAY, names.Role.API):
+            tier = runtime.tier(api, role)
+            ckey = ("Deployment", names.child(api, role.value))
+            desired = None if tier.autoscaling is not None else tier.replicas
+            out[role] = status.observe(
+                role=role, kind="Deployment", live=children.get(ckey), desired=desired, touched=ckey in touched
+            )
+        if api.spec.cache.redis.managed is not None:
+            ckey = ("Deployment", names.child(api, names.Role.REDIS.value))
+            out[names.Role.REDIS] = status.observe(
+                role=names.Role.REDIS, kind="Deployment", live=children.get(ckey), desired=1, touched=ckey in touched
+            )
+        if api.spec.database.managed is not None:
+            ckey = ("StatefulSet", names.child(api, names.Role.DB.value))
+            out[names.Role.DB] = status.observe(
+                role=names.Role.DB, kind="StatefulSet", live=children.get(ckey), desired=1, touched=ckey in touched
+            )
+        return out
+
+    # --- status and events ---------------------------------------------------------------------
+
+    async def _write_status(self, key: Key, body: Mapping[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
+        if new == old:
+            return
+        patch = {**new, **{k: None for k in old if k not in new}}
+        await self.client.patch(kube.CACHEDAPI, key[0], key[1], {"status": patch}, subresource="status")
+        await self._events(key, body, old, new)
+
+    async def _events(self, key: Key, body: Mapping[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
+        def cond(st: dict[str, Any], type_: str) -> dict[str, Any]:
+            return next((c for c in st.get("conditions") or [] if c.get("type") == type_), {})
+
+        before, after = cond(old, "SpecValid"), cond(new, "SpecValid")
+        if after.get("status") == "False" and (
+            before.get("status") != "False" or before.get("message") != after.get("message")
+        ):
+            await self._event(key, body, type_="Warning", reason="InvalidSpec", message=after.get("message", ""))
+        ready_before, ready_after = cond(old, "Ready").get("status"), cond(new, "Ready").get("status")
+        if ready_after == "True" and ready_before != "True":
+            await self._event(key, body, type_="Normal", reason="Ready", message="every component is available")
+
+    async def _event(self, key: Key, body: Mapping[str, Any], *, type_: str, reason: str, message: str) -> None:
+        meta = body.get("metadata") or {}
+        stamp = now_iso()
+        await self.client.post_event(
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{key[1]}.{uuid.uuid4().hex[:16]}", "namespace": key[0]},
+                "involvedObject": {
+                    "apiVersion": f"{model.API_GROUP}/{model.API_VERSION}",
+                    "kind": model.KIND,
+                    "name": key[1],
+                    "namespace": key[0],
+                    "uid": meta.get("uid"),
+                },
+                "type": type_,
+                "reason": reason,
+                "message": message[:1024],
+                "source": {"component": names.MANAGER},
+                "reportingComponent": names.MANAGER,
+                "reportingInstance": names.MANAGER,
+                "firstTimestamp": stamp,
+                "lastTimestamp": stamp,
+                "count": 1,
+            }
+        )
