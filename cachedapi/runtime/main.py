@@ -47,6 +47,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"cachedapi runtime --role {args.role}: {exc}", file=sys.stderr)
         return 2
 
+    if args.role == "gateway":
+        from cachedapi.runtime.gateway import server
+
+        if server.wanted() == "granian":
+            server.run_granian(config_path=config_path, host=args.host, port=port)
+            return 0
+
     import uvicorn
 
     uvicorn.run(

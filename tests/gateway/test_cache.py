@@ -1,0 +1,132 @@
+"""The cache check at the gateway, against entries the real api role writes."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import redis
+
+from cachedapi import contract, devstack
+
+
+def _new_book(client: httpx.Client, title: str = "Dune") -> str:
+    resp = client.post("/v1/books", json={"title": title, "author": "Frank Herbert"})
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["id"])
+
+
+def test_first_get_of_an_item_is_a_miss_then_a_hit_with_the_same_bytes(client: httpx.Client) -> None:
+    book = _new_book(client)
+    first = client.get(f"/v1/books/{book}")
+    second = client.get(f"/v1/books/{book}")
+    assert first.headers["x-cache"] == "MISS"
+    assert second.headers["x-cache"] == "HIT"
+    assert second.content == first.content
+    assert second.headers["etag"] == first.headers["etag"]
+    assert second.headers["content-type"] == "application/json"
+    assert second.headers["cache-control"].startswith("max-age=")
+    assert int(second.headers["age"]) >= 0
+
+
+def test_a_put_through_the_gateway_is_visible_on_the_next_get(client: httpx.Client) -> None:
+    book = _new_book(client)
+    client.get(f"/v1/books/{book}")
+    assert client.get(f"/v1/books/{book}").headers["x-cache"] == "HIT"
+    resp = client.put(f"/v1/books/{book}", json={"title": "Dune Messiah", "author": "Frank Herbert"})
+    assert resp.status_code == 200, resp.text
+    after = client.get(f"/v1/books/{book}")
+    assert after.headers["x-cache"] != "HIT"
+    assert after.json()["title"] == "Dune Messiah"
+
+
+def test_a_post_invalidates_the_cached_list_page(client: httpx.Client) -> None:
+    client.get("/v1/books", params={"limit": 100})
+    cached = client.get("/v1/books", params={"limit": 100})
+    assert cached.headers["x-cache"] == "HIT"
+    book = _new_book(client, "Children of Dune")
+    after = client.get("/v1/books", params={"limit": 100})
+    assert after.headers["x-cache"] != "HIT"
+    assert book in {item["id"] for item in after.json()["items"]}
+
+
+def test_list_queries_spelled_differently_share_one_entry(client: httpx.Client) -> None:
+    client.get("/v1/books?limit=7&cursor=")
+    assert client.get("/v1/books?cursor=&limit=7").headers["x-cache"] == "HIT"
+
+
+def test_invalid_limit_is_left_to_the_api_role(client: httpx.Client) -> None:
+    resp = client.get("/v1/books", params={"limit": 1000})
+    assert resp.status_code == 400
+    assert resp.headers["content-type"] == contract.PROBLEM_JSON
+
+
+def test_if_none_match_with_the_current_etag_gives_304(client: httpx.Client) -> None:
+    book = _new_book(client)
+    etag = client.get(f"/v1/books/{book}").headers["etag"]
+    resp = client.get(f"/v1/books/{book}", headers={"If-None-Match": f'"other", {etag}'})
+    assert resp.status_code == 304
+    assert resp.headers["etag"] == etag
+    assert resp.content == b""
+    assert "ratelimit-remaining" in resp.headers
+    assert client.get(f"/v1/books/{book}", headers={"If-None-Match": '"other"'}).status_code == 200
+
+
+def test_resource_with_ttl_zero_is_never_served_from_the_cache(client: httpx.Client) -> None:
+    resp = client.post("/v1/orders", json={"bookId": "x", "quantity": 1})
+    assert resp.status_code == 201, resp.text
+    order = resp.json()["id"]
+    for _ in range(2):
+        assert client.get(f"/v1/orders/{order}").headers["x-cache"] == "BYPASS"
+
+
+def test_request_no_cache_is_forwarded(client: httpx.Client) -> None:
+    book = _new_book(client)
+    client.get(f"/v1/books/{book}")
+    resp = client.get(f"/v1/books/{book}", headers={"Cache-Control": "no-cache"})
+    assert resp.status_code == 200
+    assert resp.headers["x-cache"] != "HIT"
+
+
+def _age_entry(stack: devstack.Stack, book: str, *, seconds: int) -> None:
+    """Make the api role's stored entry look ``seconds`` older, as time passing would."""
+    prefix = contract.key_prefix(stack.api)
+    key = contract.item_key(prefix, "books", book)
+    r = redis.Redis.from_url(stack.redis.url)
+    try:
+        entry = contract.decode_entry(r.get(key) or b"")
+        assert entry is not None
+        r.set(
+            key,
+            contract.encode_entry(
+                stored_at_ms=entry.stored_at_ms - seconds * 1000,
+                ttl_seconds=entry.ttl_seconds,
+                status=entry.status,
+                etag=entry.etag,
+                content_type=entry.content_type,
+                body=entry.body,
+            ),
+            keepttl=True,
+        )
+    finally:
+        r.close()
+
+
+def test_stale_entry_within_swr_is_served_stale_and_refreshed_in_the_background(
+    stack: devstack.Stack, client: httpx.Client
+) -> None:
+    book = _new_book(client)
+    client.get(f"/v1/books/{book}")
+    ttl = stack.api.spec.resources[0].ttlSeconds
+    assert ttl is not None
+    _age_entry(stack, book, seconds=ttl + 5)  # within staleWhileRevalidateSeconds (30)
+    stale = client.get(f"/v1/books/{book}")
+    assert stale.headers["x-cache"] == "STALE"
+    assert stale.headers["cache-control"] == "max-age=0"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if client.get(f"/v1/books/{book}").headers["x-cache"] == "HIT":
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the background refresh did not refill the entry")
