@@ -96,6 +96,8 @@ def create_app(config: contract.RuntimeConfig, environ: Mapping[str, str]) -> Fa
     if not database_url:
         raise ValueError(f"{contract.ENV_DATABASE_URL} is not set")
     redis_url = environ.get(contract.ENV_REDIS_URL)
+    # The pool warns on every failed reconnection attempt; the Database logs once per outage instead.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     metrics = metrics_mod.Metrics()
     database = db_mod.Database(url=database_url, resources=config.resources, metrics=metrics)
     store = None

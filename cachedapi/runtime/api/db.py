@@ -9,9 +9,11 @@ lock (several pods may start at once), and again lazily on the first request
 if PostgreSQL was down at start.
 
 Every failure to reach PostgreSQL becomes ``DatabaseUnavailable`` quickly: the
-pool waits at most ``timeout`` seconds for a connection, a read is retried once
-on a fresh connection (a pooled one may predate a server restart), and a
-broken connection makes the pool check its idle ones in the background.
+pool waits at most ``timeout`` seconds for a connection, after which every
+operation fails at once for ``backoff`` seconds (a circuit breaker, so that
+stale answers and 503s do not each wait the timeout; logged once per outage);
+a read is retried once on a fresh connection (a pooled one may predate a
+server restart), and a broken connection makes the pool check its idle ones.
 """
 
 from __future__ import annotations
@@ -103,7 +105,13 @@ class Database:
     """The connection pool and every query the api role makes."""
 
     def __init__(
-        self, *, url: str, resources: Iterable[str], metrics: metrics_mod.Metrics, timeout: float = 1.5
+        self,
+        *,
+        url: str,
+        resources: Iterable[str],
+        metrics: metrics_mod.Metrics,
+        timeout: float = 1.5,
+        backoff: float = 1.0,
     ) -> None:
         self._metrics = metrics
         self._timeout = timeout
@@ -121,6 +129,9 @@ class Database:
         self._schema_ready = False
         self._schema_lock = asyncio.Lock()
         self._checking = False
+        self._backoff = backoff
+        self._down_until = 0.0
+        self._down = False
 
     @staticmethod
     async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -159,13 +170,25 @@ class Database:
     @contextlib.asynccontextmanager
     async def _connection(self, op: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         start = time.perf_counter()
+        if start < self._down_until:
+            self._metrics.db_errors.labels(op).inc()
+            raise DatabaseUnavailable("PostgreSQL was unreachable moments ago; not retrying yet")
         try:
             async with self._pool.connection() as conn:
                 yield conn
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             self._metrics.db_errors.labels(op).inc()
             self._check_pool_soon()
+            if isinstance(exc, psycopg_pool.PoolTimeout):  # no connection at all: stop waiting for a while
+                self._down_until = time.perf_counter() + self._backoff
+                if not self._down:
+                    self._down = True
+                    log.warning("PostgreSQL unreachable (%s): failing fast, retrying every %.1fs", exc, self._backoff)
             raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        else:
+            if self._down:
+                self._down = False
+                log.warning("PostgreSQL reachable again")
         finally:
             self._metrics.db_queries.labels(op).inc()
             self._metrics.db_seconds.labels(op).observe(time.perf_counter() - start)

@@ -1,0 +1,161 @@
+"""Redis or PostgreSQL gone: what still works, what fails fast, and that service comes back.
+
+Each test has servers of its own (``fresh_redis`` / ``fresh_postgres``) that it
+kills and restarts; waits are bounded loops against hangs, never timed assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+from cachedapi import embedded, model
+
+from .conftest import app_metric, runtime_config, serve
+
+BOOK = {"title": "Dune", "author": "Frank Herbert"}
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], *, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.1)
+
+
+async def test_redis_down_requests_go_to_the_database_and_caching_resumes(
+    bookstore: model.CachedApi, database_url: str, fresh_redis: embedded.RedisServer
+) -> None:
+    async with serve(runtime_config(bookstore), database_url=database_url, redis_url=fresh_redis.url) as (
+        app,
+        client,
+    ):
+        await client.put("/v1/books/dune", json=BOOK)
+        await client.get("/v1/books/dune")
+        assert (await client.get("/v1/books/dune")).headers["x-cache"] == "HIT"
+
+        fresh_redis.kill()
+        read = await client.get("/v1/books/dune")
+        assert read.status_code == 200 and read.headers["x-cache"] == "BYPASS"
+        assert (await client.patch("/v1/books/dune", json={"year": 1965})).status_code == 200
+        assert (await client.get("/v1/books/dune")).json()["year"] == 1965
+        assert (await client.post("/v1/books", json=BOOK)).status_code == 201
+        assert len((await client.get("/v1/books")).json()["items"]) == 2
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["redis"].startswith("unreachable")
+        assert app_metric(app, "cachedapi_api_redis_errors_total") >= 1
+
+        fresh_redis.start()
+
+        async def hit() -> bool:
+            resp = await client.get("/v1/books/dune")
+            return resp.headers["x-cache"] == "HIT" and resp.json()["year"] == 1965
+
+        await _eventually(hit)
+        assert app_metric(app, "cachedapi_api_invalidations_pending") == 0
+
+
+async def test_a_write_while_redis_is_unreachable_is_not_hidden_by_the_entry_it_still_holds(
+    bookstore: model.CachedApi, database_url: str, fresh_redis: embedded.RedisServer
+) -> None:
+    """Redis frozen (SIGSTOP), not restarted: its old entry survives, and the queued invalidation must win."""
+    async with serve(runtime_config(bookstore), database_url=database_url, redis_url=fresh_redis.url) as (
+        app,
+        client,
+    ):
+        await client.put("/v1/books/dune", json=BOOK)
+        await client.get("/v1/books/dune")
+        assert fresh_redis.pid is not None
+        os.kill(fresh_redis.pid, signal.SIGSTOP)
+        try:
+            written = await client.patch("/v1/books/dune", json={"year": 1965})
+            assert written.status_code == 200
+            assert app_metric(app, "cachedapi_api_invalidations_pending") == 1
+        finally:
+            os.kill(fresh_redis.pid, signal.SIGCONT)
+        for _ in range(5):
+            assert (await client.get("/v1/books/dune")).json()["year"] == 1965
+
+        async def flushed() -> bool:
+            return app_metric(app, "cachedapi_api_invalidations_pending") == 0
+
+        await _eventually(flushed)
+
+
+async def test_postgres_down_serves_stale_reads_and_fails_writes_fast(
+    bookstore: model.CachedApi, fresh_postgres: embedded.PostgresServer, redis_url: str
+) -> None:
+    config = runtime_config(bookstore, ttl=1, stale_if_error=3)
+    async with serve(config, database_url=fresh_postgres.url, redis_url=redis_url) as (_, client):
+        await client.put("/v1/books/dune", json=BOOK)
+        await client.put("/v1/books/uncached", json=BOOK)
+        cached = await client.get("/v1/books/dune")
+        cached_list = await client.get("/v1/books")
+
+        fresh_postgres.kill()
+
+        async def stale() -> bool:
+            return (await client.get("/v1/books/dune")).headers["x-cache"] == "STALE"
+
+        await _eventually(stale)
+        resp = await client.get("/v1/books/dune")
+        assert resp.status_code == 200 and resp.content == cached.content
+        assert resp.headers["etag"] == cached.headers["etag"]
+        assert int(resp.headers["age"]) >= 1
+        listed = await client.get("/v1/books")
+        assert listed.headers["x-cache"] == "STALE" and listed.content == cached_list.content
+
+        started = time.monotonic()
+        write = await client.put("/v1/books/dune", json={**BOOK, "year": 1})
+        assert time.monotonic() - started < 10  # a bound against hangs: the pool waits ~1.5 s
+        assert write.status_code == 503
+        assert write.headers["content-type"] == "application/problem+json"
+        assert "retry-after" in write.headers
+        assert (await client.get("/v1/books/uncached")).status_code == 503
+        assert (await client.get("/readyz")).status_code == 503
+
+        async def too_old() -> bool:
+            return (await client.get("/v1/books/dune")).status_code == 503
+
+        await _eventually(too_old)  # past ttl + staleIfErrorSeconds: no more stale answers
+
+        fresh_postgres.start()
+
+        async def writable() -> bool:
+            return (await client.put("/v1/books/dune", json={**BOOK, "year": 2})).status_code == 200
+
+        await _eventually(writable)
+        resp = await client.get("/v1/books/dune")
+        assert resp.json()["year"] == 2 and resp.headers["x-cache"] == "MISS"
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_the_app_starts_with_both_servers_down_and_recovers(
+    bookstore: model.CachedApi, fresh_postgres: embedded.PostgresServer, fresh_redis: embedded.RedisServer
+) -> None:
+    fresh_postgres.stop()
+    fresh_redis.stop()
+    async with serve(runtime_config(bookstore), database_url=fresh_postgres.url, redis_url=fresh_redis.url) as (
+        _,
+        client,
+    ):
+        assert (await client.get("/healthz")).status_code == 200
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["database"] == "unreachable" and ready.json()["redis"].startswith("unreachable")
+        assert (await client.post("/v1/books", json=BOOK)).status_code == 503
+
+        fresh_postgres.start()
+        fresh_redis.start()
+
+        async def ready_now() -> bool:
+            resp = await client.get("/readyz")
+            return resp.status_code == 200 and resp.json()["redis"] == "ok"
+
+        await _eventually(ready_now)
+        location = (await client.post("/v1/books", json=BOOK)).headers["location"]
+        await client.get(location)
+        assert (await client.get(location)).headers["x-cache"] == "HIT"
