@@ -13,6 +13,7 @@ from cachedapi import contract, devstack, model
 from tests.gateway.conftest import API_KEY, extra_gateway, variant
 
 JWT_SECRET = "a-test-secret-of-at-least-32-bytes!!"
+ISSUER = "https://issuer.test"
 
 
 def test_request_without_credentials_is_401_naming_the_missing_header(anonymous: httpx.Client) -> None:
@@ -63,7 +64,7 @@ def jwt_gateway(stack: devstack.Stack, bookstore_module: model.CachedApi) -> Ite
             "auth": {
                 "mode": "jwt",
                 "jwt": {
-                    "issuer": "https://issuer.test",
+                    "issuer": ISSUER,
                     "audience": "bookstore",
                     "secretRef": {"name": "j", "key": "k"},
                 },
@@ -75,7 +76,7 @@ def jwt_gateway(stack: devstack.Stack, bookstore_module: model.CachedApi) -> Ite
 
 
 def _token(**overrides: object) -> str:
-    claims = {"sub": "alice", "iss": "https://issuer.test", "aud": "bookstore", "exp": int(time.time()) + 60}
+    claims = {"sub": "alice", "iss": ISSUER, "aud": "bookstore", "exp": int(time.time()) + 60}
     claims.update(overrides)
     return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
 
@@ -96,19 +97,17 @@ def test_valid_hs256_token_is_accepted(jwt_gateway: devstack.Role) -> None:
 def test_bad_token_is_401_saying_what_is_wrong(
     jwt_gateway: devstack.Role, claims: dict[str, object], reason: str
 ) -> None:
-    resp = httpx.get(f"{jwt_gateway.url}/v1/books", headers={"Authorization": f"Bearer {_token(**claims)}"}, timeout=10)
+    headers = {"Authorization": f"Bearer {_token(**claims)}"}
+    resp = httpx.get(f"{jwt_gateway.url}/v1/books", headers=headers, timeout=10)
     assert resp.status_code == 401
     assert 'error="invalid_token"' in resp.headers["www-authenticate"]
     assert reason in resp.json()["detail"].lower()
 
 
 def test_token_signed_with_another_secret_or_algorithm_is_refused(jwt_gateway: devstack.Role) -> None:
-    forged = jwt.encode(
-        {"sub": "mallory", "aud": "bookstore", "iss": "https://issuer.test", "exp": int(time.time()) + 60},
-        "some-other-secret-of-32-bytes-or-more",
-        algorithm="HS256",
-    )
-    unsigned = jwt.encode({"sub": "mallory", "exp": int(time.time()) + 60}, None, algorithm="none")
+    claims = {"sub": "mallory", "aud": "bookstore", "iss": ISSUER, "exp": int(time.time()) + 60}
+    forged = jwt.encode(claims, "some-other-secret-of-32-bytes-or-more", algorithm="HS256")
+    unsigned = jwt.encode(claims, None, algorithm="none")
     for token in (forged, unsigned):
         resp = httpx.get(f"{jwt_gateway.url}/v1/books", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert resp.status_code == 401
