@@ -159,3 +159,21 @@ async def test_the_app_starts_with_both_servers_down_and_recovers(
         location = (await client.post("/v1/books", json=BOOK)).headers["location"]
         await client.get(location)
         assert (await client.get(location)).headers["x-cache"] == "HIT"
+
+
+async def test_the_first_requests_after_a_postgres_restart_succeed(
+    bookstore: model.CachedApi, fresh_postgres: embedded.PostgresServer, redis_url: str
+) -> None:
+    """Pooled connections die with the server; reads and writes must not fail on them once it is back."""
+    async with serve(runtime_config(bookstore), database_url=fresh_postgres.url, redis_url=redis_url) as (_, client):
+        await client.put("/v1/orders/o", json={"bookId": "b", "quantity": 1})
+        await asyncio.gather(*(client.get("/v1/orders/o") for _ in range(20)))  # several pooled connections
+        fresh_postgres.stop()
+        fresh_postgres.start()
+        assert (await client.get("/v1/orders/o")).status_code == 200
+        await asyncio.gather(*(client.get("/v1/orders/o") for _ in range(20)))
+        fresh_postgres.stop()
+        fresh_postgres.start()
+        resp = await client.put("/v1/orders/o", json={"bookId": "b", "quantity": 2})
+        assert resp.status_code == 200, resp.text
+        assert (await client.get("/v1/orders/o")).json()["quantity"] == 2

@@ -22,9 +22,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import psycopg
@@ -35,6 +35,7 @@ from psycopg.types.json import Jsonb, set_json_loads
 from cachedapi.runtime.api import metrics as metrics_mod
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Whether a write may go ahead, given the stored version (None: no such item).
 Precondition = Callable[[int | None], bool]
@@ -179,7 +180,8 @@ class Database:
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             self._metrics.db_errors.labels(op).inc()
             self._check_pool_soon()
-            if isinstance(exc, psycopg_pool.PoolTimeout):  # no connection at all: stop waiting for a while
+            outage = isinstance(exc, psycopg_pool.PoolTimeout) and self._pool.get_stats().get("pool_size", 0) == 0
+            if outage:  # not one connection (rather than all of them busy): stop waiting for a while
                 self._down_until = time.perf_counter() + self._backoff
                 if not self._down:
                     self._down = True
@@ -211,8 +213,11 @@ class Database:
                     cur = await conn.execute(query, params)
                     return await cur.fetchall()
             except DatabaseUnavailable as exc:
-                if attempt == 2 or isinstance(exc.__cause__, psycopg_pool.PoolTimeout):
+                if attempt == 2 or not isinstance(exc.__cause__, psycopg.OperationalError):
                     raise
+                # A pooled connection was broken (a server restart?): drop every broken one, then retry.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._pool.check(), timeout=self._timeout)
         raise AssertionError("unreachable")
 
     # --- reads ------------------------------------------------------------------------------
@@ -227,13 +232,35 @@ class Database:
 
     # --- writes -----------------------------------------------------------------------------
 
-    async def insert(self, resource: str, item_id: str, data: dict[str, Any]) -> Row:
+    async def _write(self, op: str, statements: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """Run ``statements`` in one transaction; retried once if the connection broke before COMMIT
+        was sent (nothing can have been written then), never after (the outcome is unknown: 503)."""
         await self.ensure_schema()
-        async with self._connection("insert") as conn:
-            cur = await conn.execute(self._queries[resource].insert, [item_id, Jsonb(data, _dumps)])
+        for attempt in (1, 2):
+            committing = False
+            try:
+                async with self._connection(op) as conn:
+                    async with conn.transaction():
+                        result = await statements(conn)
+                        committing = True
+                    return result
+            except DatabaseUnavailable as exc:
+                if attempt == 2 or committing or not isinstance(exc.__cause__, psycopg.OperationalError):
+                    raise
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._pool.check(), timeout=self._timeout)
+        raise AssertionError("unreachable")
+
+    async def insert(self, resource: str, item_id: str, data: dict[str, Any]) -> Row:
+        query = self._queries[resource].insert
+
+        async def statements(conn: psycopg.AsyncConnection[Any]) -> Row:
+            cur = await conn.execute(query, [item_id, Jsonb(data, _dumps)])
             row = await cur.fetchone()
-        assert row is not None
-        return _row(row, created=True)
+            assert row is not None
+            return _row(row, created=True)
+
+        return await self._write("insert", statements)
 
     async def replace(
         self,
@@ -249,9 +276,9 @@ class Database:
         Raises NotFound when the item is absent and ``create`` is false, PreconditionFailed,
         or whatever ``compute`` raises (the transaction is then rolled back).
         """
-        await self.ensure_schema()
         queries = self._queries[resource]
-        async with self._connection("write") as conn, conn.transaction():
+
+        async def statements(conn: psycopg.AsyncConnection[Any]) -> Row:
             cur = await conn.execute(queries.get_for_update, [item_id])
             found = await cur.fetchone()
             current = _row(found) if found else None
@@ -265,14 +292,16 @@ class Database:
             else:
                 cur = await conn.execute(queries.update, [data, item_id])
             row = await cur.fetchone()
-        assert row is not None
-        return _row(row, created=current is None)
+            assert row is not None
+            return _row(row, created=current is None)
+
+        return await self._write("write", statements)
 
     async def delete(self, resource: str, item_id: str, *, precondition: Precondition | None) -> None:
         """Raises NotFound or PreconditionFailed."""
-        await self.ensure_schema()
         queries = self._queries[resource]
-        async with self._connection("delete") as conn, conn.transaction():
+
+        async def statements(conn: psycopg.AsyncConnection[Any]) -> None:
             cur = await conn.execute(queries.get_for_update, [item_id])
             found = await cur.fetchone()
             if precondition is not None and not precondition(found[2] if found else None):
@@ -280,3 +309,5 @@ class Database:
             if found is None:
                 raise NotFound
             await conn.execute(queries.delete, [item_id])
+
+        await self._write("delete", statements)
