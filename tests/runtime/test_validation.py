@@ -55,3 +55,9 @@ async def test_a_schema_less_resource_accepts_any_object(client: httpx.AsyncClie
     resp = await client.post("/v1/authors", json={"name": "Herbert", "extra": {"nested": [1, None]}})
     assert resp.status_code == 201
     assert resp.json()["extra"] == {"nested": [1, None]}
+
+
+async def test_a_string_postgresql_cannot_store_is_422_not_500(client: httpx.AsyncClient) -> None:
+    resp = await client.post("/v1/authors", json={"name": "nul\u0000byte"})
+    assert resp.status_code == 422
+    assert "\\u0000" in resp.json()["detail"]

@@ -51,6 +51,8 @@ def _guard(endpoint: Endpoint) -> Endpoint:
         except db_mod.NotFound:
             params = request.path_params
             return protocol.problem_response(404, f"no {params['resource']} item with id {params['id']!r}")
+        except db_mod.Unstorable as exc:
+            return protocol.problem_response(422, f"the database cannot store this body: {exc}")
         except db_mod.PreconditionFailed:
             return protocol.problem_response(412, "the If-Match / If-None-Match precondition does not hold")
         except Exception:

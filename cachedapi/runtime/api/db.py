@@ -50,6 +50,10 @@ class NotFound(Exception):
     """No item with that id."""
 
 
+class Unstorable(Exception):
+    """PostgreSQL refused the data itself (e.g. a ``\\u0000`` in a string, which jsonb cannot hold)."""
+
+
 class PreconditionFailed(Exception):
     """If-Match / If-None-Match did not hold."""
 
@@ -244,6 +248,9 @@ class Database:
                         result = await statements(conn)
                         committing = True
                     return result
+            except psycopg.DataError as exc:
+                diag = exc.diag
+                raise Unstorable(" ".join(filter(None, [diag.message_primary, diag.message_detail]))) from None
             except DatabaseUnavailable as exc:
                 if attempt == 2 or committing or not isinstance(exc.__cause__, psycopg.OperationalError):
                     raise
