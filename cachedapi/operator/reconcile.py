@@ -70,6 +70,7 @@ class Reconciler:
         if meta.get("deletionTimestamp"):
             return  # being deleted: garbage collection removes the children
         memory = self.memory.setdefault(key, Memory())
+        logger.debug("reconciling %s/%s at generation %s", key[0], key[1], meta.get("generation"))
         generation = int(meta.get("generation") or 1)
         old_status = dict(body.get("status") or {})
         try:
@@ -84,6 +85,7 @@ class Reconciler:
         inputs = builders.Inputs(owner_uid=meta["uid"], api_key="", db_password="", secret_digests=digests)
         desired = [obj for obj in builders.desired_objects(api, inputs) if obj["kind"] != "Secret"]
         touched = await self._converge(api, desired, children, memory)
+        logger.debug("%s/%s: %d children observed, %d written", key[0], key[1], len(children), len(touched))
         await self._prune(desired, children, uid=meta["uid"])
 
         workloads = self._workloads(api, children, touched)

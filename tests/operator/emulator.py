@@ -1,0 +1,281 @@
+"""A Kubernetes API emulator over HTTP (kmock) with the operator running against it as itself.
+
+What the emulator does not do, the tests do explicitly and say so where
+they do it: no generation or resourceVersion bookkeeping, no status
+subresource split, no garbage collection, no workload controllers. The
+operator is ``cachedapi operator`` in a subprocess with a kubeconfig naming
+the emulator, stopped by its pid whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import kmock
+import yaml
+
+from cachedapi import model
+
+CACHEDAPI = "cachedapi.dev/v1alpha1/cachedapis"
+
+#: Built-in kinds the operator uses, as (group/version/plural, kind).
+BUILTINS = [
+    ("apps/v1/deployments", "Deployment"),
+    ("apps/v1/statefulsets", "StatefulSet"),
+    ("v1/services", "Service"),
+    ("v1/configmaps", "ConfigMap"),
+    ("v1/secrets", "Secret"),
+    ("v1/events", "Event"),
+    ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy"),
+    ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget"),
+    ("autoscaling/v2/horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+    ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition"),
+    # kopf waits for the namespaces resource to be discoverable even when it serves the whole cluster.
+    ("v1/namespaces", "Namespace"),
+]
+CLUSTER_SCOPED = {"CustomResourceDefinition", "Namespace"}
+VERBS = ["get", "list", "watch", "create", "patch", "update", "delete"]
+WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+
+PLURALS = {kind: path.rsplit("/", 1)[1] for path, kind in BUILTINS}
+PATHS = {kind: path for path, kind in BUILTINS}
+
+
+class ApiServerEmulator(kmock.KubernetesEmulator):
+    """kmock's emulator plus the two bits of bookkeeping every API server does and kmock does not:
+    a ``metadata.uid`` on create (kopf's indexes tell objects apart by it) and
+    ``metadata.generation`` (1 on create, +1 on a write that changes ``spec``)."""
+
+    async def _handle(self, request: Any) -> Any:
+        action = request.action
+        data = request.data if isinstance(request.data, dict) else None
+        if request.resource is not None and data is not None and request.subresource is None:
+            if action == kmock.action.CREATE:
+                meta = data.setdefault("metadata", {})
+                meta.setdefault("uid", str(uuid.uuid4()))
+                meta.setdefault("generation", 1)
+            elif action == kmock.action.UPDATE and "spec" in data:
+                key = (request.resource, request.namespace, request.name)
+                if key in self.objects and not self.objects[key].deleted:
+                    current = self.objects[key].raw
+                    merged_spec = _merged(current.get("spec"), data["spec"])
+                    if merged_spec != current.get("spec"):
+                        generation = int((current.get("metadata") or {}).get("generation") or 1) + 1
+                        data.setdefault("metadata", {})["generation"] = generation
+        return await super()._handle(request)
+
+
+def _merged(base: Any, patch: Any) -> Any:
+    """RFC 7396 merge, to tell whether a patch changes anything (as the emulator will apply it)."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(base) if isinstance(base, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merged(out.get(key), value)
+    return out
+
+
+def register(emulator: kmock.KubernetesEmulator) -> None:
+    """Declare every resource for discovery (kopf looks them up before watching)."""
+    emulator.resources[CACHEDAPI] = kmock.ResourceInfo(
+        kind=model.KIND,
+        namespaced=True,
+        singular="cachedapi",
+        verbs=VERBS,
+        shortnames=["capi"],
+        categories=["all"],
+        subresources=["status", "scale"],
+    )
+    for path, kind in BUILTINS:
+        emulator.resources[path] = kmock.ResourceInfo(
+            kind=kind,
+            namespaced=kind not in CLUSTER_SCOPED,
+            singular=kind.lower(),
+            verbs=VERBS,
+            subresources=["status"] if kind in {"Deployment", "StatefulSet"} else [],
+        )
+
+
+def api_path(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+    path = CACHEDAPI if kind == model.KIND else PATHS[kind]
+    group_version, plural = path.rsplit("/", 1)
+    base = f"/api/{group_version}" if group_version == "v1" else f"/apis/{group_version}"
+    out = f"{base}/namespaces/{namespace}/{plural}"
+    if name:
+        out += f"/{name}"
+    if sub:
+        out += f"/{sub}"
+    return out
+
+
+class Cluster:
+    """The emulator plus helpers that speak to it over HTTP, as kubectl would."""
+
+    def __init__(self, emulator: kmock.KubernetesEmulator, server: kmock.Server) -> None:
+        self.emulator = emulator
+        self.server = server
+
+    @property
+    def url(self) -> str:
+        return str(self.server.url).rstrip("/")
+
+    def operator_writes(self) -> list[Any]:
+        """Write requests from anyone but this test (the test's client says ``kmock/...``)."""
+        return [
+            r
+            for r in list(self.emulator)
+            if str(r.method.value) in WRITES and not r.headers.get("User-Agent", "").startswith("kmock/")
+        ]
+
+    def operator_requests(self) -> list[Any]:
+        return [r for r in list(self.emulator) if not r.headers.get("User-Agent", "").startswith("kmock/")]
+
+    def count(self) -> int:
+        return len(list(self.emulator))
+
+    async def request(self, method: str, path: str, body: Any = None, *, merge: bool = False) -> Any:
+        headers = {"Content-Type": "application/merge-patch+json" if merge else "application/json"}
+        async with self.server.client.request(method, path, json=body, headers=headers) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise AssertionError(f"{method} {path}: {resp.status} {data}")
+            return data
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        async with self.server.client.get(api_path(kind, namespace, name)) as resp:
+            if resp.status == 404:
+                return None
+            data: dict[str, Any] = await resp.json(content_type=None)
+            return data
+
+    async def create(self, obj: dict[str, Any]) -> Any:
+        meta = obj["metadata"]
+        return await self.request("POST", api_path(obj["kind"], meta["namespace"]), obj)
+
+    async def patch(self, kind: str, namespace: str, name: str, body: Any, *, sub: str | None = None) -> Any:
+        return await self.request("PATCH", api_path(kind, namespace, name, sub), body, merge=True)
+
+    async def delete(self, kind: str, namespace: str, name: str) -> Any:
+        return await self.request("DELETE", api_path(kind, namespace, name))
+
+    def children(self, namespace: str, instance: str) -> dict[tuple[str, str], dict[str, Any]]:
+        """Every stored child of one CachedApi, read from the emulator's memory."""
+        found = {}
+        for (resource, ns, name), obj in list(self.emulator.objects.items()):
+            if ns != namespace or obj.deleted:
+                continue
+            raw = obj.raw
+            labels = (raw.get("metadata") or {}).get("labels") or {}
+            if labels.get("app.kubernetes.io/instance") == instance:
+                found[(raw.get("kind") or resource.plural, name)] = raw
+        return found
+
+    async def apply_cachedapi(self, body: dict[str, Any]) -> dict[str, Any]:
+        meta = body.setdefault("metadata", {})
+        meta.setdefault("namespace", "default")
+        body.setdefault("apiVersion", "cachedapi.dev/v1alpha1")
+        body.setdefault("kind", model.KIND)
+        result: dict[str, Any] = await self.create(body)
+        return result
+
+    async def simulate_workload_controllers(self, namespace: str, instance: str, *, ready: bool = True) -> None:
+        """Play the Deployment and StatefulSet controllers: report every workload of one CachedApi
+        as rolled out (or not) at its current generation, over HTTP, as a controller would."""
+        for (kind, name), obj in self.children(namespace, instance).items():
+            if kind not in {"Deployment", "StatefulSet"}:
+                continue
+            replicas = int((obj.get("spec") or {}).get("replicas", 1))
+            generation = int((obj.get("metadata") or {}).get("generation") or 1)
+            count = replicas if ready else 0
+            status = {
+                "observedGeneration": generation,
+                "replicas": replicas,
+                "updatedReplicas": replicas,
+                "readyReplicas": count,
+                "availableReplicas": count,
+            }
+            await self.patch(kind, namespace, name, {"status": status}, sub="status")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]] | Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.1
+) -> Any:
+    """Poll ``check`` until it returns a truthy value; fail with its last value or error."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result
+            last = result
+        except AssertionError as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s; last: {last!r}")
+        await asyncio.sleep(interval)
+
+
+def write_kubeconfig(path: Path, server: str) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+        "users": [{"name": "tester", "user": {}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}],
+        "current-context": "emulator",
+    }
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+
+@contextlib.asynccontextmanager
+async def emulated_cluster() -> AsyncIterator[Cluster]:
+    async with ApiServerEmulator() as emulator, kmock.Server(emulator) as server:
+        register(emulator)
+        yield Cluster(emulator, server)
+
+
+@contextlib.contextmanager
+def operator_process(*, server: str, workdir: Path, resync_seconds: float = 2.0) -> Any:
+    """``cachedapi operator`` against the emulator; stopped by pid (SIGINT, then SIGKILL)."""
+    kubeconfig = workdir / "kubeconfig"
+    write_kubeconfig(kubeconfig, server)
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "CACHEDAPI_RESYNC_SECONDS": str(resync_seconds),
+        "CACHEDAPI_RETRY_SECONDS": "1",
+        "CACHEDAPI_LIVENESS_ENDPOINT": "",
+        "PYTHONUNBUFFERED": "1",
+        "CACHEDAPI_LOG_LEVEL": os.environ.get("CACHEDAPI_TEST_OPERATOR_LOG_LEVEL", "INFO"),
+    }
+    log = (workdir / "operator.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cachedapi", "operator"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        log.close()
