@@ -1,0 +1,221 @@
+"""The servers measured side by side: each a real process, started and stopped by pid.
+
+A contender knows how to start against the shared ``World`` (PostgreSQL,
+Redis, the api role, one stored item) and which URL and headers a scenario
+sends. Adding one is a class with ``start``, ``target`` and ``stop`` and a
+line in ``CONTENDERS``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from cachedapi import contract, devstack, embedded, model
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "bench-key"
+
+
+class World:
+    """What every contender serves from: one stack (api role, PostgreSQL, Redis) and one item."""
+
+    def __init__(self, api: model.CachedApi) -> None:
+        self.api = api
+        self.stack = devstack.Stack(api, api_key=API_KEY, gateway_instances=0)
+        self.item_id = ""
+        self.item_body = b""
+
+    def start(self) -> None:
+        self.stack.start()
+        api_url = self.stack.apis[0].url
+        book = {"title": "Dune", "author": "Frank Herbert", "year": 1965, "price": 9.99, "tags": ["sf", "classic"]}
+        created = httpx.post(f"{api_url}/v1/books", json=book, timeout=10)
+        created.raise_for_status()
+        self.item_id = created.json()["id"]
+        self.item_body = httpx.get(f"{api_url}/v1/books/{self.item_id}", timeout=10).content
+
+    def stop(self) -> None:
+        self.stack.stop()
+
+
+class Contender:
+    name = ""
+    #: A response header the warm-up checks, so that a miss is never measured as a hit.
+    expect: tuple[str, str] | None = None
+
+    def start(self, world: World) -> None:
+        raise NotImplementedError
+
+    def target(self, world: World, scenario: str) -> tuple[str, dict[str, str]]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class Gateway(Contender):
+    """The gateway role, with auth (API key) and the rate limit on, under one HTTP server."""
+
+    expect = ("x-cache", "HIT")
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self.name = f"cachedapi gateway ({server})"
+        self.role: devstack.Role | None = None
+
+    def start(self, world: World) -> None:
+        stack = world.stack
+        env = {
+            **stack.apis[0].env,
+            contract.ENV_UPSTREAM_URL: stack.apis[0].url,
+            "CACHEDAPI_HTTP_SERVER": self.server,
+        }
+        self.role = devstack.Role(
+            role="gateway", port=embedded.free_port(), env=env, log_path=stack.workdir / f"bench-{self.server}.log"
+        )
+        self.role.start()
+
+    def target(self, world: World, scenario: str) -> tuple[str, dict[str, str]]:
+        assert self.role is not None
+        return f"{self.role.url}/v1/books/{world.item_id}", {"X-API-Key": API_KEY}
+
+    def stop(self) -> None:
+        if self.role is not None:
+            self.role.stop()
+
+
+class _Process(Contender):
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def _spawn(self, command: list[str], *, log: Path) -> None:
+        self.port = self.port or embedded.free_port()
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        try:
+            embedded.wait_for_port(self.port, proc=self.proc, timeout=30)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            embedded.stop_process(self.proc)
+
+
+class FastApiCache2(_Process):
+    """FastAPI + fastapi-cache2 on the same Redis and PostgreSQL (bench/peers)."""
+
+    name = "FastAPI + fastapi-cache2"
+
+    def start(self, world: World) -> None:
+        self.port = embedded.free_port()
+        url = world.stack.apis[0].env[contract.ENV_DATABASE_URL]
+        command = [sys.executable, "-m", "bench.peers.fastapi_cache2_peer", str(self.port), url, world.stack.redis.url]
+        self._spawn(command, log=world.stack.workdir / "bench-fastapi-cache2.log")
+
+    def target(self, world: World, scenario: str) -> tuple[str, dict[str, str]]:
+        return f"http://127.0.0.1:{self.port}/v1/books/{world.item_id}", {}
+
+
+class Nginx(_Process):
+    """nginx serving the same body bytes from a file: the ceiling of this machine."""
+
+    name = "nginx (static file)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir: Path | None = None
+
+    def start(self, world: World) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="cachedapi-bench-nginx-"))
+        self.dir.chmod(0o755)
+        (self.dir / "item.json").write_bytes(world.item_body)
+        self.port = embedded.free_port()
+        conf = self.dir / "nginx.conf"
+        conf.write_text(
+            f"""
+worker_processes 1;
+daemon off;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log warn;
+{"user root;" if _root() else ""}
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {self.dir};
+    proxy_temp_path {self.dir};
+    fastcgi_temp_path {self.dir};
+    uwsgi_temp_path {self.dir};
+    scgi_temp_path {self.dir};
+    server {{
+        listen 127.0.0.1:{self.port};
+        location /v1/books/ {{
+            default_type application/json;
+            root {self.dir};
+            rewrite ^ /item.json break;
+        }}
+    }}
+}}
+""",
+            encoding="utf-8",
+        )
+        self._spawn(["nginx", "-c", str(conf), "-p", str(self.dir)], log=self.dir / "stdout.log")
+
+    def target(self, world: World, scenario: str) -> tuple[str, dict[str, str]]:
+        return f"http://127.0.0.1:{self.port}/v1/books/{world.item_id}", {}
+
+    def stop(self) -> None:
+        super().stop()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _root() -> bool:
+    import os
+
+    return os.geteuid() == 0
+
+
+def available() -> dict[str, Contender]:
+    """Every contender this machine can run, by a short name."""
+    found: dict[str, Contender] = {
+        "gateway": Gateway("granian"),
+        "gateway-uvicorn": Gateway("uvicorn"),
+        "fastapi-cache2": FastApiCache2(),
+    }
+    if shutil.which("nginx"):
+        found["nginx"] = Nginx()
+    return found
+
+
+def warm(contender: Contender, world: World, scenario: str) -> None:
+    """Fill the caches and check that the contender answers what it should."""
+    url, headers = contender.target(world, scenario)
+    deadline = time.monotonic() + 10
+    last = None
+    while time.monotonic() < deadline:
+        last = httpx.get(url, headers=headers, timeout=5)
+        if last.status_code == 200 and (
+            contender.expect is None or last.headers.get(contender.expect[0]) == contender.expect[1]
+        ):
+            return
+        time.sleep(0.05)
+    detail = "no answer" if last is None else f"{last.status_code} {dict(last.headers)}"
+    raise RuntimeError(f"{contender.name}: not serving {url} as expected: {detail}")
