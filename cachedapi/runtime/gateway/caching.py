@@ -57,6 +57,7 @@ class Cache:
         self.swr_ms = config.stale_while_revalidate_seconds * 1000
         self.sie_ms = config.stale_if_error_seconds * 1000
         self.max_body = config.max_body_bytes
+        #: client label -> its rate key as a RESP bulk string.
         self._rate_keys: dict[str, bytes] = {}
         self._refreshing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -89,7 +90,7 @@ class Cache:
         if key is None:
             if len(self._rate_keys) > 10_000:
                 self._rate_keys.clear()
-            key = self._rate_keys[client] = (self.rate_prefix + client).encode()
+            key = self._rate_keys[client] = script.bulk((self.rate_prefix + client).encode())
         return key
 
     async def _eval(self, command: bytes) -> list[object] | None:
@@ -124,10 +125,7 @@ class Cache:
 
     async def limit_only(self, scope: Scope, *, client: str, headers: Headers) -> bool:
         """Count a request against the limit without a lookup; True when it is over the limit."""
-        args = script.command(
-            rate_key=self._rate_key(client, scope), lookup_key=b"", mode=script.ONLY_LIMIT, params=self.rate
-        )
-        reply = await self._eval(args)
+        reply = await self._eval(script.only_limit(self._rate_key(client, scope), self.rate))
         if reply is None:
             return False
         allowed, rate_headers = self._verdict(reply)
@@ -162,17 +160,12 @@ class Cache:
                 self.counts.bypass += 1
         rate_key = self._rate_key(client, scope)
         if lookup is None:
-            args = script.command(rate_key=rate_key, lookup_key=b"", mode=script.ONLY_LIMIT, params=self.rate)
+            command = script.only_limit(rate_key, self.rate)
+        elif lookup.is_list:
+            command = script.lookup(rate_key, lookup.key, self.rate.list_tail(lookup.page_prefix, lookup.query))
         else:
-            args = script.command(
-                rate_key=rate_key,
-                lookup_key=lookup.key,
-                mode=script.LIST if lookup.is_list else script.ITEM,
-                params=self.rate,
-                page_prefix=lookup.page_prefix,
-                query=lookup.query,
-            )
-        reply = await self._eval(args)
+            command = script.lookup(rate_key, lookup.key, self.rate.item_tail)
+        reply = await self._eval(command)
         if reply is None:
             await self.forward(scope, receive, send, request_id=request_id, headers=[])
             return

@@ -15,6 +15,9 @@ token, which standalone Redis allows (a Redis Cluster would need the keys of
 one resource under one hash tag; the api role's key scheme is shared, see
 ``contract``). The script writes nothing but the rate-limit key.
 
+An empty rate key skips the limit. Commands are built as RESP bytes from
+parts precomputed at start, since they are built once per request.
+
 Reply: ``[allowed, remaining, reset_us, now_ms, entry?]``; ``reset_us`` is the
 time until a full burst is available again when allowed, and the time until
 the next request would be allowed when limited (the Retry-After).
@@ -73,13 +76,18 @@ def bulk(value: bytes) -> bytes:
 _HEAD = b"*10\r\n" + bulk(b"EVALSHA") + bulk(SHA) + bulk(b"2")
 
 
+_EMPTY = bulk(b"")
+
+
 @dataclass(frozen=True, slots=True)
 class RateParams:
     """The limit, precomputed once: the script's arguments as RESP, and what the headers say."""
 
     limit_header: bytes
-    #: The end of the command (mode, interval, tolerance) for each mode, in RESP.
-    tails: dict[bytes, bytes]
+    #: The ends of the commands (mode, interval, tolerance, then the list arguments), in RESP.
+    only_limit_tail: bytes
+    item_tail: bytes
+    list_head: bytes
 
     @classmethod
     def build(cls, *, rate_per_second: float, burst: int) -> RateParams:
@@ -87,15 +95,26 @@ class RateParams:
         params = bulk(str(interval).encode()) + bulk(str(interval * burst).encode())
         return cls(
             limit_header=str(burst).encode(),
-            tails={mode: bulk(mode) + params for mode in (ONLY_LIMIT, ITEM, LIST)},
+            only_limit_tail=_EMPTY + bulk(ONLY_LIMIT) + params + _EMPTY + _EMPTY,
+            item_tail=bulk(ITEM) + params + _EMPTY + _EMPTY,
+            list_head=bulk(LIST) + params,
         )
 
+    def list_tail(self, page_prefix: bytes, query: bytes) -> bytes:
+        return self.list_head + bulk(page_prefix) + bulk(query)
 
-def command(
-    *, rate_key: bytes, lookup_key: bytes, mode: bytes, params: RateParams, page_prefix: bytes = b"", query: bytes = b""
-) -> bytes:
-    """The EVALSHA command in RESP; an empty ``rate_key`` skips the limit, ``ONLY_LIMIT`` the lookup."""
-    return b"".join((_HEAD, bulk(rate_key), bulk(lookup_key), params.tails[mode], bulk(page_prefix), bulk(query)))
+
+def only_limit(rate_key: bytes, params: RateParams) -> bytes:
+    """EVALSHA in RESP that counts a request against the limit and reads nothing.
+
+    ``rate_key`` is already a RESP bulk string (``bulk(key)``, cached per client).
+    """
+    return _HEAD + rate_key + params.only_limit_tail
+
+
+def lookup(rate_key: bytes, lookup_key: bytes, tail: bytes) -> bytes:
+    """EVALSHA in RESP that counts the request and reads ``lookup_key`` (``tail``: the mode's arguments)."""
+    return b"%b%b$%d\r\n%b\r\n%b" % (_HEAD, rate_key, len(lookup_key), lookup_key, tail)
 
 
 def seconds_up(microseconds: int) -> int:
