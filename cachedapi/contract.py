@@ -16,7 +16,9 @@ entry, then answers. So a slow reader whose read predates a write can never
 store its old value after that write is acknowledged: the stale fill of the
 memcache paper, closed with the lease idea but with no lease to expire.
 Tokens are random, not counters, so that an expired token coming back cannot
-match an old one (no ABA); they outlive every entry (``GEN_TTL_SECONDS``).
+match an old one (no ABA); they outlive every entry (``GEN_TTL_SECONDS``). A
+lookup that finds no token creates one, so a reader never holds "absent": if
+Redis restarts empty while a reader is in PostgreSQL, its fill is refused.
 """
 
 from __future__ import annotations

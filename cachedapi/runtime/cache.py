@@ -3,8 +3,11 @@
 It implements the coherence protocol of ``contract`` (generation tokens):
 
 - ``lookup``: one round trip returns the entry, the current generation token
-  (for a list, the list token is read first and the page is looked up under
-  it) and, when the entry is absent or stale, whether this reader took the
+  (created when absent, so that a reader never holds "absent": a Redis that
+  restarted empty while a reader was in PostgreSQL has lost the token, and the
+  reader's fill is refused, where "absent == absent" would have let a value
+  older than the writes made during the outage in), for a list, the list token
+  is read first and the page is looked up under it, and, when the entry is absent or stale, whether this reader took the
   fill lease (``SET NX PX``). The lease key is ``contract.lease_key`` with the
   entry key's tail after ``{prefix}:{resource}:`` as the cache key
   (``i:{id}`` or ``l:{token}:{query}``).
@@ -48,7 +51,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _LOOKUP = """
-local token = redis.call('GET', KEYS[1]) or ''
+local token = redis.call('GET', KEYS[1])
+if not token then
+  token = ARGV[6]
+  redis.call('SET', KEYS[1], token, 'EX', ARGV[8])
+end
 local suffix = ARGV[3]
 if ARGV[2] == 'l' then suffix = 'l:' .. token .. ':' .. ARGV[3] end
 local entry = redis.call('GET', ARGV[1] .. suffix)
@@ -168,8 +175,8 @@ class CacheStore:
     def usable(self) -> bool:
         return not self._pending and time.monotonic() >= self._open_until
 
-    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        if time.monotonic() < self._open_until:
+    async def _call(self, fn: Callable[[], Awaitable[T]], *, force: bool = False) -> T:
+        if not force and time.monotonic() < self._open_until:
             raise CacheUnavailable("circuit open")
         try:
             result = await fn()
@@ -200,6 +207,7 @@ class CacheStore:
             "1" if force else "0",
             owner,
             self.lease_ms,
+            contract.GEN_TTL_SECONDS,
         ]
         raw, token_b, leased = await self._call(lambda: self._lookup(keys=[target.gen_key], args=args))
         token = token_b.decode()
@@ -225,6 +233,12 @@ class CacheStore:
         """Store ``entry`` if no write happened since ``lookup``; release the lease. Never raises."""
         keys = [lookup.target.gen_key, lookup.entry_key, lookup.lease_key]
         args: list[Any] = [lookup.token, entry, expiry_seconds, lookup.lease_owner]
+        if self._pending:
+            # A write of this process committed but could not replace its tokens yet: what
+            # this reader loaded may predate it, and the token check cannot tell.
+            self._metrics.fills.labels("skipped").inc()
+            await self.release(lookup)
+            return False
         try:
             stored = bool(await self._call(lambda: self._fill(keys=keys, args=args)))
         except CacheUnavailable:
@@ -242,13 +256,15 @@ class CacheStore:
 
     async def invalidate(self, resource: str, item_id: str | None) -> bool:
         """New tokens for the resource's list pages (and the item); False if queued for later."""
-        for delay in (0.02, 0.08, None):
-            if time.monotonic() >= self._open_until:
-                try:
-                    await self._call(lambda: self._invalidate_now(resource, item_id))
-                    return True
-                except CacheUnavailable:
-                    pass
+        # The retries ignore the circuit breaker on purpose: right after Redis restarts, the
+        # first command on a pooled connection fails and opens the breaker, while readers on
+        # fresh connections fill again; a write must not give up on its invalidation for that.
+        for delay in (0.0, 0.02, 0.08, None):
+            try:
+                await self._call(lambda: self._invalidate_now(resource, item_id), force=True)
+                return True
+            except CacheUnavailable:
+                pass
             if delay is None:
                 break
             await asyncio.sleep(delay)
@@ -321,7 +337,7 @@ def client_from_url(url: str) -> aioredis.Redis:
         url,
         max_connections=64,
         timeout=1.0,
-        socket_connect_timeout=0.25,
+        socket_connect_timeout=0.5,
         socket_timeout=0.5,
         health_check_interval=5,
         retry=Retry(NoBackoff(), 0),
