@@ -1,12 +1,8 @@
 """PostgreSQL for the api role: one table per declared resource, one seam for every query.
 
-Each resource ``r`` lives in table ``r_<name>``: ``id`` (text, primary key),
-``seq`` (bigserial: list order and the keyset cursor, kept when an item is
-replaced), ``version`` (from the one global sequence ``cachedapi_version``, taken
-anew by every write: it is the ETag), ``data`` (jsonb: the item without its id),
-``created_at`` and ``updated_at``. Tables are created at start under an advisory
-lock (several pods may start at once), and again lazily on the first request
-if PostgreSQL was down at start.
+The tables (``tables``) are created at start under an advisory lock (several
+pods may start at once), or lazily on the first request if PostgreSQL was down
+at start.
 
 Every failure to reach PostgreSQL becomes ``DatabaseUnavailable`` quickly: the
 pool waits at most ``timeout`` seconds for a connection, after which every
@@ -23,16 +19,15 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
 import psycopg
 import psycopg_pool
-from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_loads
 
 from cachedapi.runtime.api import metrics as metrics_mod
+from cachedapi.runtime.api import tables
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,54 +53,6 @@ class PreconditionFailed(Exception):
     """If-Match / If-None-Match did not hold."""
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    id: str
-    seq: int
-    version: int
-    data: dict[str, Any]
-    created: bool = False
-
-
-def _row(t: tuple[Any, ...], *, created: bool = False) -> Row:
-    return Row(t[0], t[1], t[2], t[3], created)
-
-
-def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
-
-
-class _Queries:
-    """The SQL of one resource, composed and rendered once at start."""
-
-    def __init__(self, resource: str) -> None:
-        t = sql.Identifier(f"r_{resource}")
-        cols = sql.SQL("id, seq, version, data")
-
-        def q(template: str, **extra: sql.Composable) -> str:
-            return sql.SQL(template).format(t=t, cols=cols, **extra).as_string()
-
-        self.create = [
-            q(
-                "CREATE TABLE IF NOT EXISTS {t} (id text PRIMARY KEY, seq bigserial NOT NULL, "
-                "version bigint NOT NULL, data jsonb NOT NULL, "
-                "created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now())"
-            ),
-            q("CREATE UNIQUE INDEX IF NOT EXISTS {i} ON {t} (seq)", i=sql.Identifier(f"r_{resource}_seq")),
-        ]
-        self.get = q("SELECT {cols} FROM {t} WHERE id = %s")
-        self.get_for_update = q("SELECT {cols} FROM {t} WHERE id = %s FOR UPDATE")
-        self.page = q("SELECT {cols} FROM {t} WHERE seq > %s ORDER BY seq LIMIT %s")
-        self.insert = q(
-            "INSERT INTO {t} (id, version, data) VALUES (%s, nextval('cachedapi_version'), %s) RETURNING {cols}"
-        )
-        self.update = q(
-            "UPDATE {t} SET data = %s, version = nextval('cachedapi_version'), updated_at = now() "
-            "WHERE id = %s RETURNING {cols}"
-        )
-        self.delete = q("DELETE FROM {t} WHERE id = %s")
-
-
 class Database:
     """The connection pool and every query the api role makes."""
 
@@ -120,7 +67,7 @@ class Database:
     ) -> None:
         self._metrics = metrics
         self._timeout = timeout
-        self._queries = {name: _Queries(name) for name in resources}
+        self._queries = {name: tables.Queries(name) for name in resources}
         self._pool = psycopg_pool.AsyncConnectionPool(
             url,
             min_size=1,
@@ -158,7 +105,7 @@ class Database:
                 return
             async with self._connection("schema") as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_ID])
-                await conn.execute("CREATE SEQUENCE IF NOT EXISTS cachedapi_version")
+                await conn.execute(tables.SEQUENCE)
                 for queries in self._queries.values():
                     for statement in queries.create:
                         await conn.execute(statement)
@@ -226,13 +173,13 @@ class Database:
 
     # --- reads ------------------------------------------------------------------------------
 
-    async def get(self, resource: str, item_id: str) -> Row | None:
+    async def get(self, resource: str, item_id: str) -> tables.Row | None:
         rows = await self._read("get", self._queries[resource].get, [item_id])
-        return _row(rows[0]) if rows else None
+        return tables.row(rows[0]) if rows else None
 
-    async def page(self, resource: str, *, after_seq: int, limit: int) -> list[Row]:
+    async def page(self, resource: str, *, after_seq: int, limit: int) -> list[tables.Row]:
         rows = await self._read("list", self._queries[resource].page, [after_seq, limit])
-        return [_row(r) for r in rows]
+        return [tables.row(r) for r in rows]
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -258,14 +205,14 @@ class Database:
                     await asyncio.wait_for(self._pool.check(), timeout=self._timeout)
         raise AssertionError("unreachable")
 
-    async def insert(self, resource: str, item_id: str, data: dict[str, Any]) -> Row:
+    async def insert(self, resource: str, item_id: str, data: dict[str, Any]) -> tables.Row:
         query = self._queries[resource].insert
 
-        async def statements(conn: psycopg.AsyncConnection[Any]) -> Row:
-            cur = await conn.execute(query, [item_id, Jsonb(data, _dumps)])
+        async def statements(conn: psycopg.AsyncConnection[Any]) -> tables.Row:
+            cur = await conn.execute(query, [item_id, Jsonb(data, tables.dumps)])
             row = await cur.fetchone()
             assert row is not None
-            return _row(row, created=True)
+            return tables.row(row, created=True)
 
         return await self._write("insert", statements)
 
@@ -274,10 +221,10 @@ class Database:
         resource: str,
         item_id: str,
         *,
-        compute: Callable[[Row | None], dict[str, Any]],
+        compute: Callable[[tables.Row | None], dict[str, Any]],
         precondition: Precondition | None,
         create: bool,
-    ) -> Row:
+    ) -> tables.Row:
         """Lock the item, check the precondition, write ``compute(current)``; one transaction.
 
         Raises NotFound when the item is absent and ``create`` is false, PreconditionFailed,
@@ -285,22 +232,22 @@ class Database:
         """
         queries = self._queries[resource]
 
-        async def statements(conn: psycopg.AsyncConnection[Any]) -> Row:
+        async def statements(conn: psycopg.AsyncConnection[Any]) -> tables.Row:
             cur = await conn.execute(queries.get_for_update, [item_id])
             found = await cur.fetchone()
-            current = _row(found) if found else None
+            current = tables.row(found) if found else None
             if precondition is not None and not precondition(current.version if current else None):
                 raise PreconditionFailed
             if current is None and not create:
                 raise NotFound
-            data = Jsonb(compute(current), _dumps)
+            data = Jsonb(compute(current), tables.dumps)
             if current is None:
                 cur = await conn.execute(queries.insert, [item_id, data])
             else:
                 cur = await conn.execute(queries.update, [data, item_id])
             row = await cur.fetchone()
             assert row is not None
-            return _row(row, created=current is None)
+            return tables.row(row, created=current is None)
 
         return await self._write("write", statements)
 

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from cachedapi import contract
 from cachedapi.runtime import cache
 from cachedapi.runtime.api import db as db_mod
-from cachedapi.runtime.api import documents, protocol, reads
+from cachedapi.runtime.api import documents, protocol, reads, tables
 
 _JSON_TYPES = (contract.JSON,)
 _PATCH_TYPES = (protocol.MERGE_PATCH, contract.JSON)
@@ -144,7 +144,7 @@ class Handlers:
         await self._invalidate(resource, None)
         return self._written(resource, row, status=201)
 
-    def _written(self, resource: str, row: db_mod.Row, *, status: int) -> Response:
+    def _written(self, resource: str, row: tables.Row, *, status: int) -> Response:
         headers = {"ETag": documents.etag(row.version)}
         if status == 201:
             headers["Location"] = f"/v1/{resource}/{row.id}"
@@ -198,7 +198,7 @@ class Handlers:
             patch = documents.strip_id(patch, path_id=item_id)
         pre = protocol.Preconditions(request)
 
-        def compute(current: db_mod.Row | None) -> dict[str, Any]:
+        def compute(current: tables.Row | None) -> dict[str, Any]:
             assert current is not None
             merged = documents.body_object(documents.merge_patch(current.data, patch))
             self._validators.check(resource, merged)
