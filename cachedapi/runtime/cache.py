@@ -3,16 +3,16 @@
 It implements the coherence protocol of ``contract`` (generation tokens):
 
 - ``lookup``: one round trip returns the entry, the current generation token
-  (created when absent, so that a reader never holds "absent": a Redis that
-  restarted empty while a reader was in PostgreSQL has lost the token, and the
-  reader's fill is refused, where "absent == absent" would have let a value
-  older than the writes made during the outage in), for a list, the list token
-  is read first and the page is looked up under it, and, when the entry is absent or stale, whether this reader took the
-  fill lease (``SET NX PX``). The lease key is ``contract.lease_key`` with the
-  entry key's tail after ``{prefix}:{resource}:`` as the cache key
-  (``i:{id}`` or ``l:{token}:{query}``).
+  and, when the entry is absent or stale, whether this reader took the fill
+  lease (``SET NX PX``). For a list, the list token is read first and the page
+  is looked up under it. A token found absent is created (so a reader never
+  holds "absent": if Redis restarts empty while a reader is in PostgreSQL, the
+  token is lost and the reader's fill is refused, where "absent == absent"
+  would have let in a value older than the writes made during the outage).
+  The lease key is ``contract.lease_key`` with the entry key's tail after
+  ``{prefix}:{resource}:`` as the cache key (``i:{id}`` or ``l:{token}:{query}``).
 - ``fill``: stores the entry only if the token is still the one the reader saw
-  before it read PostgreSQL (absent compares as ``""``), then releases its lease.
+  before it read PostgreSQL, then releases its lease.
 - ``invalidate``: after a committed write, replaces the item and list tokens
   with fresh random ones and deletes the item entry and its lease.
 
@@ -21,8 +21,11 @@ against the same wall clock, so clock skew between pods shifts ages by the skew.
 
 Redis failures open a circuit breaker for ``backoff`` seconds (reads bypass the
 cache meanwhile, logged once per outage). An invalidation that cannot reach
-Redis is retried briefly, then queued in-process and retried in the background
-and before every lookup; while one is queued this process bypasses the cache.
+Redis is retried briefly (through an open breaker: the first command on a stale
+pooled connection after a restart fails, and a write must not give up on its
+invalidation for that), then queued in-process and retried in the background
+and before every lookup; while one is queued this process neither reads the
+cache nor fills it.
 Residual risk: other processes (gateways, other api pods) that can still reach
 Redis may serve the entry the queued invalidation would have deleted, until it
 is flushed or the entry expires (ttl + the stale window); if this process dies
@@ -36,7 +39,6 @@ import contextlib
 import itertools
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -46,6 +48,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from cachedapi import contract
+from cachedapi.runtime import breaker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -146,7 +149,7 @@ class CacheStore:
         self._client = client
         self._prefix = config.key_prefix
         self._metrics = metrics
-        self._backoff = backoff
+        self._breaker = breaker.Breaker(name="Redis", backoff=backoff, log=log)
         self.lease_ms = lease_ms
         self._lookup = client.register_script(_LOOKUP)
         self._fill = client.register_script(_FILL)
@@ -154,8 +157,6 @@ class CacheStore:
         self._invalidate = client.register_script(_INVALIDATE)
         self._owner = os.urandom(6).hex()
         self._counter = itertools.count()
-        self._open_until = 0.0
-        self._down = False
         self._pending: dict[tuple[str, str | None], None] = {}
         self._flusher: asyncio.Task[None] | None = None
 
@@ -173,23 +174,18 @@ class CacheStore:
 
     @property
     def usable(self) -> bool:
-        return not self._pending and time.monotonic() >= self._open_until
+        return not self._pending and not self._breaker.open
 
     async def _call(self, fn: Callable[[], Awaitable[T]], *, force: bool = False) -> T:
-        if not force and time.monotonic() < self._open_until:
+        if not force and self._breaker.open:
             raise CacheUnavailable("circuit open")
         try:
             result = await fn()
         except _REDIS_ERRORS as exc:
             self._metrics.redis_errors.inc()
-            self._open_until = time.monotonic() + self._backoff
-            if not self._down:
-                self._down = True
-                log.warning("Redis unreachable (%s): bypassing the cache, retrying every %.1fs", exc, self._backoff)
+            self._breaker.failure(exc)
             raise CacheUnavailable(str(exc)) from exc
-        if self._down:
-            self._down = False
-            log.warning("Redis reachable again: caching resumes")
+        self._breaker.success()
         return result
 
     # --- reads ------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import psycopg
 import psycopg_pool
 from psycopg.types.json import Jsonb, set_json_loads
 
+from cachedapi.runtime import breaker
 from cachedapi.runtime.api import metrics as metrics_mod
 from cachedapi.runtime.api import tables
 
@@ -81,9 +82,7 @@ class Database:
         self._schema_ready = False
         self._schema_lock = asyncio.Lock()
         self._checking = False
-        self._backoff = backoff
-        self._down_until = 0.0
-        self._down = False
+        self._breaker = breaker.Breaker(name="PostgreSQL", backoff=backoff, log=log)
 
     @staticmethod
     async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -122,7 +121,7 @@ class Database:
     @contextlib.asynccontextmanager
     async def _connection(self, op: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         start = time.perf_counter()
-        if start < self._down_until:
+        if self._breaker.open:
             self._metrics.db_errors.labels(op).inc()
             raise DatabaseUnavailable("PostgreSQL was unreachable moments ago; not retrying yet")
         try:
@@ -133,15 +132,10 @@ class Database:
             self._check_pool_soon()
             outage = isinstance(exc, psycopg_pool.PoolTimeout) and self._pool.get_stats().get("pool_size", 0) == 0
             if outage:  # not one connection (rather than all of them busy): stop waiting for a while
-                self._down_until = time.perf_counter() + self._backoff
-                if not self._down:
-                    self._down = True
-                    log.warning("PostgreSQL unreachable (%s): failing fast, retrying every %.1fs", exc, self._backoff)
+                self._breaker.failure(exc)
             raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
         else:
-            if self._down:
-                self._down = False
-                log.warning("PostgreSQL reachable again")
+            self._breaker.success()
         finally:
             self._metrics.db_queries.labels(op).inc()
             self._metrics.db_seconds.labels(op).observe(time.perf_counter() - start)
