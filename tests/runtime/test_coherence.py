@@ -13,6 +13,7 @@ import time
 
 import httpx
 import orjson
+import redis.asyncio as aioredis
 
 from cachedapi import contract, model
 from cachedapi.runtime import cache
@@ -147,3 +148,21 @@ async def test_no_read_returns_a_version_older_than_an_acknowledged_write(
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
     assert violations == []
     assert reads_done > 100
+
+
+async def test_a_fill_is_refused_when_redis_lost_the_token_meanwhile(
+    bookstore: model.CachedApi, database_url: str, redis_url: str
+) -> None:
+    """Redis restarting empty while a reader is in PostgreSQL: the writes of the outage must win."""
+    async with serve(runtime_config(bookstore), database_url=database_url, redis_url=redis_url) as (app, client):
+        store: cache.CacheStore = app.state.store
+        database: db_mod.Database = app.state.database
+        await client.put("/v1/books/dune", json=OLD)
+        lookup = await store.lookup(store.item_target("books", "dune"), now_ms=reads.now_ms(), force=False)
+        old = await database.get("books", "dune")
+        assert old is not None
+        r = aioredis.Redis.from_url(redis_url)
+        await r.flushall()  # what a restart of a Redis without persistence looks like
+        await r.aclose()
+        stale = _entry(documents.encode_item("dune", old.data), documents.etag(old.version))
+        assert await store.fill(lookup, entry=stale, expiry_seconds=600) is False
