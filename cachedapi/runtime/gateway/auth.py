@@ -115,7 +115,7 @@ class Jwt(Authenticator):
 
     CACHE_SIZE = 4096
 
-    def __init__(self, cfg: contract.JwtConfig, *, secret: str | None) -> None:
+    def __init__(self, cfg: contract.JwtConfig, *, secret: str | None, jwks_min_refresh: float = 30.0) -> None:
         self.cfg = cfg
         self._options: jwt.types.Options = {"require": ["exp"], "verify_aud": cfg.audience is not None}
         self._secret = secret
@@ -124,7 +124,7 @@ class Jwt(Authenticator):
             if not secret:
                 raise ValueError(f"auth mode jwt with a secret needs {contract.ENV_JWT_SECRET}")
         else:
-            self._jwks = jwks.JwksClient(cfg.jwks_url)
+            self._jwks = jwks.JwksClient(cfg.jwks_url, min_refresh=jwks_min_refresh)
         self._verified: dict[bytes, tuple[str, float]] = {}
 
     async def start(self) -> None:
