@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import httpx
+import psycopg
+import pytest
 
 BOOK = {"title": "Dune", "author": "Frank Herbert", "year": 1965}
 
@@ -176,3 +178,16 @@ async def test_healthz_readyz_and_metrics_answer(client: httpx.AsyncClient) -> N
     metrics = await client.get("/metrics")
     assert metrics.status_code == 200
     assert "cachedapi_api_requests_total" in metrics.text
+
+
+async def test_an_unexpected_error_is_500_problem_without_internals(
+    client: httpx.AsyncClient, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await client.put("/v1/orders/o", json={"bookId": "b", "quantity": 1})
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE r_orders")  # behind the app's back
+    resp = await client.get("/v1/orders/o")
+    assert resp.status_code == 500
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert "r_orders" not in resp.text and "Traceback" not in resp.text
+    assert "r_orders" in caplog.text  # logged server-side

@@ -173,6 +173,12 @@ def create_app(config: contract.RuntimeConfig, environ: Mapping[str, str]) -> Fa
             detail = str(exc.detail)
         return protocol.problem_response(exc.status_code, detail, headers=dict(exc.headers or {}))
 
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Outside the resource endpoints (which _guard covers): still problem+json, never a trace.
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return protocol.problem_response(500, "an unexpected error occurred; it has been logged")
+
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
     app.add_middleware(_Instrument, metrics=metrics)
     return app
