@@ -119,6 +119,7 @@ def create_app(config: contract.RuntimeConfig, environ: Mapping[str, str]) -> Fa
         try:
             yield
         finally:
+            await reader.close()
             if store is not None:
                 await store.close()
             await database.close()

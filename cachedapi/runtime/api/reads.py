@@ -9,6 +9,9 @@ changes, or the lease goes, then read the database themselves. The flight is
 keyed by the token a reader saw *after* its own lookup, so a reader never joins
 a database read that began before a write it must observe.
 
+The fill is sent after the answer (a token-checked fill is as safe late as
+early); a later read of the same key in this process waits for it first.
+
 Forced refreshes (``contract.REVALIDATE_HEADER`` or ``Cache-Control: no-cache``)
 read the database themselves and refill. If the database fails and the entry is
 no older than ttl + ``staleIfErrorSeconds``, the entry is answered as STALE.
@@ -20,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from cachedapi import contract
 from cachedapi.runtime import cache
@@ -84,6 +88,7 @@ class Reader:
         self._expiry = {name: contract.entry_expiry_seconds(ttl, config) for name, ttl in self._ttl.items()}
         self._stale_if_error_ms = config.stale_if_error_seconds * 1000
         self._flights: dict[tuple[str, str], asyncio.Task[tuple[Loaded, int, bool]]] = {}
+        self._filling: dict[tuple[str, str], asyncio.Task[bool]] = {}
         self._hit = metrics.cache.labels("hit")
         self._miss = metrics.cache.labels("miss")
         self._stale = metrics.cache.labels("stale")
@@ -94,6 +99,9 @@ class Reader:
         store = self._store
         if ttl == 0 or store is None or not store.usable:
             return await self._bypassed(load)
+        filling = self._filling.get((target.gen_key, target.tail))
+        if filling is not None:  # this process is storing that entry right now: look it up once stored
+            await asyncio.shield(filling)
         now = now_ms()
         try:
             lookup = await store.lookup(target, now_ms=now, force=force)
@@ -140,6 +148,23 @@ class Reader:
         task.add_done_callback(lambda _: self._flights.pop(key, None))
         return await asyncio.shield(task)
 
+    def _fill_later(self, fill: Coroutine[Any, Any, bool], target: cache.Target) -> None:
+        """Store after answering (one Redis round trip off the miss path); reads of the same key
+        in this process wait for it, so that the next read here is a hit."""
+        key = (target.gen_key, target.tail)
+        task = asyncio.ensure_future(fill)
+        self._filling[key] = task
+
+        def done(_: asyncio.Task[bool]) -> None:
+            if self._filling.get(key) is task:
+                del self._filling[key]
+
+        task.add_done_callback(done)
+
+    async def close(self) -> None:
+        """Let the fills in flight finish."""
+        await asyncio.gather(*self._filling.values(), return_exceptions=True)
+
     async def _refill(
         self, store: cache.CacheStore, lookup: cache.Lookup, load: Load, *, read_now: bool
     ) -> tuple[Loaded, int, bool]:
@@ -171,7 +196,8 @@ class Reader:
                 content_type=contract.JSON,
                 body=loaded.body,
             )
-            await store.fill(lookup, entry=entry_bytes, expiry_seconds=self._expiry[lookup.target.resource])
+            expiry = self._expiry[lookup.target.resource]
+            self._fill_later(store.fill(lookup, entry=entry_bytes, expiry_seconds=expiry), lookup.target)
         else:
             await store.release(lookup)
         return loaded, stored_at, False
