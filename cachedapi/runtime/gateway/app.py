@@ -14,6 +14,18 @@ gateway unready, because it still has answers to give: cached ones, and
 clear 502s), ``/metrics``, and ``/openapi.json`` and ``/docs`` which are
 forwarded to the api role without authentication (documentation holds no
 data, and a browser opening ``/docs`` sends no key).
+
+Decisions a client can see:
+
+- A request that fails authentication is still counted, against its IP
+  (``unauth:<ip>``), so guessing keys is rate-limited too; its 401 carries
+  the RateLimit fields of that count, and past the limit it gets 429.
+- The client IP is the peer address, never X-Forwarded-For, which a client
+  can write; the gateway appends the peer to the X-Forwarded-For it sends on.
+- While Redis is unavailable no limit is known, so answers carry no
+  RateLimit fields rather than made-up ones.
+- The client's credentials (Authorization, X-API-Key) are not forwarded:
+  keys stay in the gateway; the api role trusts the network policy.
 """
 
 from __future__ import annotations
