@@ -273,6 +273,7 @@ async def emulated_cluster() -> AsyncIterator[Cluster]:
 @contextlib.contextmanager
 def operator_process(*, server: str, workdir: Path, resync_seconds: float = 2.0) -> Any:
     """``cachedapi operator`` against the emulator; stopped by pid (SIGINT, then SIGKILL)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     kubeconfig = workdir / "kubeconfig"
     write_kubeconfig(kubeconfig, server)
     env = {

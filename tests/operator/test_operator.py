@@ -370,3 +370,19 @@ async def test_deleting_the_cachedapi_leaves_clean_up_to_owner_references(cluste
     await asyncio.sleep(2 * RESYNC_SECONDS + 0.5)
     assert cluster.children(NS, NAME) == {}, "nothing is resurrected for a deleted CachedApi"
     assert cluster.operator_writes()[writes_before:] == []
+
+
+async def test_a_restarted_operator_writes_nothing_to_a_converged_cachedapi(tmp_path: Path) -> None:
+    async with em.emulated_cluster() as cluster:
+        with em.operator_process(server=cluster.url, workdir=tmp_path / "first", resync_seconds=RESYNC_SECONDS):
+            await _created(cluster)
+            await cluster.simulate_workload_controllers(NS, NAME)
+            await _ready(cluster)
+            await asyncio.sleep(1.0)
+        writes_before = len(cluster.operator_writes())
+        requests_before = len(cluster.operator_requests())
+        with em.operator_process(server=cluster.url, workdir=tmp_path / "second", resync_seconds=RESYNC_SECONDS):
+            # The new operator lists everything, reconciles everything, and finds nothing to do.
+            await em.eventually(lambda: len(cluster.operator_requests()) > requests_before + 20)
+            await asyncio.sleep(3 * RESYNC_SECONDS)
+        assert [f"{r.method} {r.path}" for r in cluster.operator_writes()[writes_before:]] == []
