@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import httpx
@@ -100,3 +102,33 @@ def test_upstream_down_gives_502_quickly_while_cached_items_are_still_served(
         served_stale = client.get(f"/v1/books/{stale}")
         assert (served_stale.status_code, served_stale.headers["x-cache"]) == (200, "STALE")
         assert served_stale.json()["title"] == "B"
+
+
+def test_a_hung_redis_costs_no_timeout_per_request_and_is_one_outage(
+    bookstore: model.CachedApi, postgres_server: embedded.PostgresServer, fresh_redis: embedded.RedisServer
+) -> None:
+    """SIGSTOP: connections are still accepted but nothing answers; the circuit breaker answers for it."""
+    with (
+        running_stack(bookstore, postgres=postgres_server, redis=fresh_redis) as stack,
+        httpx.Client(base_url=stack.url, headers={"X-API-Key": API_KEY}, timeout=30) as client,
+    ):
+        book = client.post("/v1/books", json={"title": "Dune", "author": "Herbert"}).json()["id"]
+        client.get(f"/v1/books/{book}")
+        assert fresh_redis.pid is not None
+        os.kill(fresh_redis.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            # The api role waits on the hung Redis too, so read through a resource it never caches.
+            statuses = [client.get("/v1/orders").status_code for _ in range(20)]
+            elapsed = time.monotonic() - started
+        finally:
+            os.kill(fresh_redis.pid, signal.SIGCONT)
+        assert statuses == [200] * 20
+        assert elapsed < 20, f"20 requests took {elapsed:.1f}s: each waited for Redis"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and client.get(f"/v1/books/{book}").headers.get("x-cache") != "HIT":
+            time.sleep(0.05)
+        assert client.get(f"/v1/books/{book}").headers["x-cache"] == "HIT"
+        log = (stack.workdir / "gateway-0.log").read_text()
+        assert log.count("Redis unavailable") == 1, log
+        assert log.count("Redis is back") == 1, log

@@ -158,17 +158,18 @@ class PipelinedRedis:
             raise RedisUnavailable(f"cannot connect to Redis at {self.host}:{self.port}") from None
         finally:
             self._connecting = None
-        self._backoff = 0.0
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = loop.create_task(self._watch())
-        if self._down:
-            self._down = False
-            if self.on_up is not None:
-                self.on_up()
 
     def _received(self, proto: _Protocol, data: bytes) -> None:
         if proto is not self._proto:
             return
+        if self._down:
+            # Up again only once Redis answers: a hung server still accepts connections.
+            self._down = False
+            self._backoff = 0.0
+            if self.on_up is not None:
+                self.on_up()
         reader = self._reader
         reader.feed(data)
         pending = self._pending
