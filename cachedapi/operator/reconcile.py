@@ -43,6 +43,10 @@ class SpecError(Exception):
     """A spec that the operator cannot act on; the message names the field."""
 
 
+class ConvergeError(Exception):
+    """Some children could not be written; the rest were, and the status says which failed."""
+
+
 @dataclass
 class Memory:
     """What one CachedApi's reconciles remember between passes (never persisted)."""
@@ -84,7 +88,8 @@ class Reconciler:
 
         inputs = builders.Inputs(owner_uid=meta["uid"], api_key="", db_password="", secret_digests=digests)
         desired = [obj for obj in builders.desired_objects(api, inputs) if obj["kind"] != "Secret"]
-        touched = await self._converge(api, desired, children, memory)
+        failures: list[str] = []
+        touched = await self._converge(api, desired, children, memory, failures=failures)
         logger.debug("%s/%s: %d children observed, %d written", key[0], key[1], len(children), len(touched))
         await self._prune(desired, children, uid=meta["uid"])
 
@@ -97,7 +102,13 @@ class Reconciler:
             api_keys_secret=names.api_keys_secret(api),
             now=now_iso(),
         )
+        if failures:
+            ready = next(c for c in new_status["conditions"] if c["type"] == "Ready")
+            ready.update(status="False", reason="ApplyFailed", message="; ".join(failures)[:1024])
+            new_status["phase"] = "Degraded" if old_status.get("phase") in {"Ready", "Degraded"} else "Provisioning"
         await self._write_status(key, body, old_status, new_status)
+        if failures:
+            raise ConvergeError("; ".join(failures))  # the scheduler tries again later
 
     # --- observe and validate ------------------------------------------------------------------
 
@@ -154,7 +165,10 @@ class Reconciler:
         desired: list[dict[str, Any]],
         children: Mapping[ChildKey, dict[str, Any]],
         memory: Memory,
+        failures: list[str],
     ) -> set[ChildKey]:
+        """Create what is missing and patch what drifted; a child the API server refuses is
+        reported in ``failures`` and does not stop the others."""
         touched: set[ChildKey] = set()
         create_only = builders.create_only_paths(api)
         clock = time.monotonic()
@@ -165,7 +179,11 @@ class Reconciler:
             if live is None:
                 if clock - memory.created.get(ckey, -EXPECTATION_SECONDS) < EXPECTATION_SECONDS:
                     continue  # created moments ago; the watch has not shown it yet
-                created = await self.client.create(obj)
+                try:
+                    created = await self.client.create(obj)
+                except kube.ApiError as exc:
+                    failures.append(f"creating {obj['kind']} {ckey[1]}: {exc}")
+                    continue
                 memory.created[ckey] = clock
                 touched.add(ckey)
                 if created is not None:
@@ -174,9 +192,13 @@ class Reconciler:
             memory.created.pop(ckey, None)
             ignore = create_only.get(ckey, [])
             if drift.differs(obj, live, ignore=ignore):
-                await self.client.patch(
-                    kube.kind_of(obj), namespace, ckey[1], drift.patch_body(obj, live, ignore=ignore)
-                )
+                try:
+                    await self.client.patch(
+                        kube.kind_of(obj), namespace, ckey[1], drift.patch_body(obj, live, ignore=ignore)
+                    )
+                except kube.ApiError as exc:
+                    failures.append(f"patching {obj['kind']} {ckey[1]}: {exc}")
+                    continue
                 touched.add(ckey)
                 logger.info("patched %s %s/%s back to the spec", obj["kind"], namespace, ckey[1])
         return touched
