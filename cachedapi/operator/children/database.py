@@ -47,6 +47,8 @@ def stateful_set(api: model.CachedApi, inp: inputs.Inputs) -> dict[str, Any]:
         ],
         "resources": pods.resources(managed.resources, cpu="100m", memory="128Mi"),
         "securityContext": pods.container_security(pods.POSTGRES_UID),
+        # initdb on a new volume takes a while: liveness starts counting only once it answers.
+        "startupProbe": pods.exec_probe(ready, period=5, failures=60),
         "livenessProbe": pods.exec_probe(ready, period=10, failures=6),
         "readinessProbe": pods.exec_probe(ready, period=5, failures=2),
     }
