@@ -15,7 +15,7 @@ from cachedapi.runtime.api import openapi
 from .conftest import runtime_config
 
 
-def _matches(doc: dict[str, Any], component: str, instance: Any) -> None:
+def _matches(doc: dict[str, Any], component: str, *, instance: Any) -> None:
     """Validate ``instance`` against a component schema, resolving refs inside the document."""
     jsonschema.Draft202012Validator({**doc, "$ref": f"#/components/schemas/{component}"}).validate(instance)
 
@@ -39,10 +39,10 @@ async def test_the_document_is_valid_openapi_3_1_describing_every_resource(clien
 async def test_answers_match_the_documented_schemas(client: httpx.AsyncClient) -> None:
     doc = (await client.get("/openapi.json")).json()
     created = await client.post("/v1/books", json={"title": "Dune", "author": "Frank Herbert", "year": 1965})
-    _matches(doc, "books.item", created.json())
-    _matches(doc, "books.item", (await client.get(created.headers["location"])).json())
-    _matches(doc, "books.page", (await client.get("/v1/books")).json())
-    _matches(doc, "Problem", (await client.post("/v1/books", json={})).json())
+    _matches(doc, "books.item", instance=created.json())
+    _matches(doc, "books.item", instance=(await client.get(created.headers["location"])).json())
+    _matches(doc, "books.page", instance=(await client.get("/v1/books")).json())
+    _matches(doc, "Problem", instance=(await client.post("/v1/books", json={})).json())
 
 
 async def test_docs_page_is_served(client: httpx.AsyncClient) -> None:
@@ -62,7 +62,7 @@ def test_local_refs_of_a_resource_schema_resolve_inside_the_document(bookstore: 
     api = model.parse({**bookstore.model_dump(by_alias=True), "spec": {"resources": resources}})
     doc = openapi.build(runtime_config(api))
     openapi_spec_validator.validate(doc)
-    _matches(doc, "items.item", {"id": "x", "price": 3})
+    _matches(doc, "items.item", instance={"id": "x", "price": 3})
     with pytest.raises(jsonschema.ValidationError):  # the rebased $ref applies
-        _matches(doc, "items.item", {"id": "x", "price": -1})
+        _matches(doc, "items.item", instance={"id": "x", "price": -1})
     assert doc["components"]["parameters"]["limit"]["schema"]["maximum"] == contract.MAX_PAGE_LIMIT

@@ -150,7 +150,7 @@ class Database:
         with contextlib.suppress(Exception):
             await self._pool.check()
 
-    async def _read(self, op: str, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    async def _read(self, op: str, *, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
         await self.ensure_schema()
         for attempt in (1, 2):
             try:
@@ -168,11 +168,11 @@ class Database:
     # --- reads ------------------------------------------------------------------------------
 
     async def get(self, resource: str, item_id: str) -> tables.Row | None:
-        rows = await self._read("get", self._queries[resource].get, [item_id])
+        rows = await self._read("get", query=self._queries[resource].get, params=[item_id])
         return tables.row(rows[0]) if rows else None
 
     async def page(self, resource: str, *, after_seq: int, limit: int) -> list[tables.Row]:
-        rows = await self._read("list", self._queries[resource].page, [after_seq, limit])
+        rows = await self._read("list", query=self._queries[resource].page, params=[after_seq, limit])
         return [tables.row(r) for r in rows]
 
     # --- writes -----------------------------------------------------------------------------
@@ -199,7 +199,7 @@ class Database:
                     await asyncio.wait_for(self._pool.check(), timeout=self._timeout)
         raise AssertionError("unreachable")
 
-    async def insert(self, resource: str, item_id: str, data: dict[str, Any]) -> tables.Row:
+    async def insert(self, resource: str, item_id: str, *, data: dict[str, Any]) -> tables.Row:
         query = self._queries[resource].insert
 
         async def statements(conn: psycopg.AsyncConnection[Any]) -> tables.Row:

@@ -74,7 +74,7 @@ class Handlers:
     def _forced(request: Request) -> bool:
         return contract.REVALIDATE_HEADER in request.headers or "no-cache" in request.headers.get("cache-control", "")
 
-    def _read_response(self, request: Request, resource: str, answer: reads.Answer, missing: str) -> Response:
+    def _read_response(self, request: Request, *, resource: str, answer: reads.Answer, missing: str) -> Response:
         if answer.status == 404:
             return protocol.problem_response(404, missing, headers={"X-Cache": answer.x_cache})
         if resource in self._no_store:
@@ -132,7 +132,7 @@ class Handlers:
         if self._store is not None:
             target = self._store.list_target(resource, contract.canonical_list_query(limit, cursor))
         answer = await self._reader.read(target=target, load=load, force=self._forced(request))
-        return self._read_response(request, resource, answer, "")
+        return self._read_response(request, resource=resource, answer=answer, missing="")
 
     async def create(self, request: Request) -> Response:
         resource = self._resource(request)
@@ -140,7 +140,7 @@ class Handlers:
         body = documents.body_object(await protocol.read_json(request, limit=self._limit))
         data = documents.strip_id(body, path_id=None)
         self._validators.check(resource, data)
-        row = await self._db.insert(resource, str(uuid.uuid4()), data)
+        row = await self._db.insert(resource, str(uuid.uuid4()), data=data)
         await self._invalidate(resource, None)
         return self._written(resource, row, status=201)
 
@@ -169,7 +169,7 @@ class Handlers:
         if self._store is not None:
             target = self._store.item_target(resource, item_id)
         answer = await self._reader.read(target=target, load=load, force=self._forced(request))
-        return self._read_response(request, resource, answer, missing)
+        return self._read_response(request, resource=resource, answer=answer, missing=missing)
 
     async def put(self, request: Request) -> Response:
         resource = self._resource(request)

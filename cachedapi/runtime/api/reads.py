@@ -64,7 +64,7 @@ def _fresh(entry: contract.Entry, now: int) -> bool:
     return entry.stored_at_ms + entry.ttl_seconds * 1000 >= now
 
 
-def _from_entry(entry: contract.Entry, now: int, x_cache: str) -> Answer:
+def _from_entry(entry: contract.Entry, now: int, *, x_cache: str) -> Answer:
     age = max(0, (now - entry.stored_at_ms) // 1000)
     left = max(0, entry.ttl_seconds - age)
     return Answer(entry.status, entry.body, entry.etag, entry.content_type, x_cache, age, left)
@@ -110,14 +110,14 @@ class Reader:
         entry = lookup.entry
         if entry is not None and not force and _fresh(entry, now):
             self._hit.inc()
-            return _from_entry(entry, now, "HIT")
+            return _from_entry(entry, now, x_cache="HIT")
         try:
-            loaded, stored_at, coalesced = await self._flight(store, lookup, load, force=force)
+            loaded, stored_at, coalesced = await self._flight(store, lookup, load=load, force=force)
         except db_mod.DatabaseUnavailable:
             now = now_ms()
             if entry is not None and entry.stored_at_ms + entry.ttl_seconds * 1000 + self._stale_if_error_ms >= now:
                 self._stale.inc()
-                return _from_entry(entry, now, "STALE")
+                return _from_entry(entry, now, x_cache="STALE")
             raise
         self._miss.inc()
         if coalesced:
@@ -133,17 +133,17 @@ class Reader:
         return Answer(loaded.status, loaded.body, loaded.etag, contract.JSON, "BYPASS", 0, 0)
 
     async def _flight(
-        self, store: cache.CacheStore, lookup: cache.Lookup, load: Load, *, force: bool
+        self, store: cache.CacheStore, lookup: cache.Lookup, *, load: Load, force: bool
     ) -> tuple[Loaded, int, bool]:
         """(answer, stored_at_ms, coalesced): one database read per key and token in this process."""
         if force:
-            return await asyncio.shield(asyncio.ensure_future(self._refill(store, lookup, load, read_now=True)))
+            return await asyncio.shield(asyncio.ensure_future(self._refill(store, lookup, load=load, read_now=True)))
         key = (lookup.entry_key, lookup.token)
         task = self._flights.get(key)
         if task is not None:
             loaded, stored_at, _ = await asyncio.shield(task)
             return loaded, stored_at, True
-        task = asyncio.ensure_future(self._refill(store, lookup, load, read_now=lookup.leased))
+        task = asyncio.ensure_future(self._refill(store, lookup, load=load, read_now=lookup.leased))
         self._flights[key] = task
         task.add_done_callback(lambda _: self._flights.pop(key, None))
         return await asyncio.shield(task)
@@ -166,7 +166,7 @@ class Reader:
         await asyncio.gather(*self._filling.values(), return_exceptions=True)
 
     async def _refill(
-        self, store: cache.CacheStore, lookup: cache.Lookup, load: Load, *, read_now: bool
+        self, store: cache.CacheStore, lookup: cache.Lookup, *, load: Load, read_now: bool
     ) -> tuple[Loaded, int, bool]:
         if not read_now:
             deadline = time.monotonic() + store.lease_ms / 1000
