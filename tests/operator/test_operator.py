@@ -386,3 +386,25 @@ async def test_a_restarted_operator_writes_nothing_to_a_converged_cachedapi(tmp_
             await em.eventually(lambda: len(cluster.operator_requests()) > requests_before + 20)
             await asyncio.sleep(3 * RESYNC_SECONDS)
         assert [f"{r.method} {r.path}" for r in cluster.operator_writes()[writes_before:]] == []
+
+
+async def test_a_secret_without_the_named_key_is_reported_with_the_field(cluster: em.Cluster) -> None:
+    dsn = base64.b64encode(b"postgresql://u:p@pg:5432/db").decode()
+    await cluster.create(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "my-pg", "namespace": NS}, "data": {"url": dsn}}
+    )
+    body = _bookstore()
+    body["spec"]["database"] = {"external": {"urlSecretRef": {"name": "my-pg", "key": "dsn"}}}
+    await cluster.apply_cachedapi(body)
+    st = await em.eventually(lambda: _status_with(cluster, "SpecValid", "False"))
+    assert (
+        _condition(st, "SpecValid")["message"] == "spec.database.external.urlSecretRef: secret my-pg has no key 'dsn'"
+    )
+
+    # The user fixes the reference; the operator builds everything but a database of its own.
+    await _change_spec(cluster, {"database": {"external": {"urlSecretRef": {"name": "my-pg", "key": "url"}}}})
+    await em.eventually(lambda: _status_with(cluster, "SpecValid", "True"))
+    await em.eventually(lambda: ("Deployment", "bookstore-api") in cluster.children(NS, NAME))
+    assert not {("StatefulSet", "bookstore-db"), ("Secret", "bookstore-db-credentials")} & set(
+        cluster.children(NS, NAME)
+    )
