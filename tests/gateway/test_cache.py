@@ -29,6 +29,17 @@ def test_first_get_of_an_item_is_a_miss_then_a_hit_with_the_same_bytes(client: h
     assert int(second.headers["age"]) >= 0
 
 
+def test_head_of_a_cached_item_has_the_headers_and_no_body(client: httpx.Client) -> None:
+    book = _new_book(client)
+    body = client.get(f"/v1/books/{book}").content
+    client.get(f"/v1/books/{book}")
+    head = client.head(f"/v1/books/{book}")
+    assert head.status_code == 200
+    assert head.headers["x-cache"] == "HIT"
+    assert head.headers["content-length"] == str(len(body))
+    assert head.content == b""
+
+
 def test_a_put_through_the_gateway_is_visible_on_the_next_get(client: httpx.Client) -> None:
     book = _new_book(client)
     client.get(f"/v1/books/{book}")

@@ -62,3 +62,14 @@ def test_failed_authentication_is_limited_by_client_ip(limited: list[devstack.Ro
     assert [a.status_code for a in answers[:BURST]] == [401] * BURST
     assert answers[-1].status_code == 429
     assert "ratelimit-remaining" in answers[0].headers
+
+
+def test_limit_by_client_ip_is_shared_by_every_key_from_that_address(
+    stack: devstack.Stack, bookstore_module: model.CachedApi
+) -> None:
+    api = variant(bookstore_module, gateway={"rateLimit": {"requestsPerSecond": RATE, "burst": 3, "by": "clientIP"}})
+    with extra_gateway(stack, api, env={contract.ENV_API_KEYS: "ip-key-a,ip-key-b"}) as gateway:
+        first = [_get(gateway, "ip-key-a").status_code for _ in range(3)]
+        other_key = _get(gateway, "ip-key-b")
+    assert first == [200, 200, 200]
+    assert other_key.status_code == 429
