@@ -59,6 +59,41 @@ class Contender:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def pids(self) -> list[int]:
+        """The processes serving (for memory figures): the started process and its children."""
+        return []
+
+
+def rss_mib(pids: list[int]) -> float:
+    """The largest resident set among ``pids`` and their children, in MiB (design.md: per process)."""
+    largest = 0
+    for pid in _tree(pids):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                largest = max(largest, int(line.split()[1]))
+    return round(largest / 1024, 1)
+
+
+def _tree(roots: list[int]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
 
 class Gateway(Contender):
     """The gateway role, with auth (API key) and the rate limit on, under one HTTP server."""
@@ -90,6 +125,9 @@ class Gateway(Contender):
         if self.role is not None:
             self.role.stop()
 
+    def pids(self) -> list[int]:
+        return [self.role.pid] if self.role is not None and self.role.pid is not None else []
+
 
 class _Process(Contender):
     def __init__(self) -> None:
@@ -116,6 +154,9 @@ class _Process(Contender):
     def stop(self) -> None:
         if self.proc is not None:
             embedded.stop_process(self.proc)
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc is not None and self.proc.poll() is None else []
 
 
 class FastApiCache2(_Process):

@@ -79,7 +79,12 @@ def measure(
         out[scenario] = {
             "what": what,
             "contenders": {
-                name: {"label": chosen[name].name, "median": medians[name], "runs": [r.as_dict() for r in runs[name]]}
+                name: {
+                    "label": chosen[name].name,
+                    "median": medians[name],
+                    "rss_mib_after": contenders.rss_mib(chosen[name].pids()),
+                    "runs": [r.as_dict() for r in runs[name]],
+                }
                 for name in names
             },
             "ratios": ratios,
@@ -91,16 +96,20 @@ def table(results: dict[str, Any]) -> str:
     lines = []
     for scenario, data in results["scenarios"].items():
         bases = [b for b in (PEER, REFERENCE) if f"vs_{b}" in data["ratios"]]
-        head = ["contender", "req/s (median)", "p50 ms", "p99 ms", *[f"x {b}" for b in bases]]
+        head = ["contender", "req/s (median)", "p50 ms", "p99 ms", *[f"x {b}" for b in bases], "RSS MiB after"]
         lines += [f"Scenario `{scenario}`: {data['what']}.", "", "| " + " | ".join(head) + " |"]
         lines.append("|" + "---|" * len(head))
         for name, entry in data["contenders"].items():
             m = entry["median"]
             cells = [entry["label"], f"{m['rps']:,.0f}", f"{m['p50_ms']:.2f}", f"{m['p99_ms']:.2f}"]
             cells += [f"{data['ratios'][f'vs_{b}'][name]:.2f}" for b in bases]
+            cells.append(f"{entry['rss_mib_after']:.0f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     s = results["settings"]
+    api_rss = results.get("api_rss_mib_after")
+    if api_rss is not None:
+        lines.append(f"The api role's RSS after the run: {api_rss:.0f} MiB.")
     lines.append(
         f"wrk -t1 -c{s['connections']} -d{s['duration']}s, {s['rounds']} rounds (median), one worker per server, "
         f"{results['machine']['cpus']} CPUs, load average before/after {results['machine']['load_before']} / "
@@ -136,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             contender.start(world)
             started.append(contender)
         scenarios = measure(world, chosen, args=args)
+        api_pid = world.stack.apis[0].pid
+        api_rss = contenders.rss_mib([api_pid]) if api_pid is not None else None
     finally:
         for contender in started:
             contender.stop()
@@ -150,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "settings": {"rounds": args.rounds, "duration": args.duration, "connections": args.connections, "threads": 1},
         "scenarios": scenarios,
+        "api_rss_mib_after": api_rss,
     }
     args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from cachedapi import contract
 from cachedapi.runtime import problems
 
 Scope = MutableMapping[str, Any]
@@ -79,3 +80,32 @@ def query_has_key(query_string: bytes) -> bool:
         part.split(b"=", 1)[0] in (b"api_key", b"apiKey", b"apikey", b"access_token")
         for part in query_string.split(b"&")
     )
+
+
+async def send_entry(
+    send: Send,
+    entry: contract.Entry,
+    *,
+    result: bytes,
+    age_ms: int,
+    max_age: int,
+    headers: Headers,
+    if_none_match: bytes | None,
+    head: bool,
+) -> bool:
+    """Answer from a cache entry: its bytes as stored, or 304; True when it was a 304."""
+    etag = entry.etag.encode()
+    headers[0:0] = [
+        (b"etag", etag),
+        (b"x-cache", result),
+        (b"age", b"%d" % (age_ms // 1000)),
+        (b"cache-control", b"max-age=%d" % max_age),
+    ]
+    if if_none_match is not None and etag_matches(if_none_match, etag):
+        await send_answer(send, 304, headers=headers)
+        return True
+    body = entry.body
+    headers.append((b"content-type", entry.content_type.encode()))
+    headers.append((b"content-length", b"%d" % len(body)))
+    await send_answer(send, entry.status, headers=headers, body=b"" if head else body)
+    return False

@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
+import secrets
 from collections.abc import Mapping
 
 import orjson
 
 from cachedapi import contract
-from cachedapi.runtime.gateway import answers, auth, caching, metrics, redisconn, upstream
+from cachedapi.runtime.gateway import answers, auth, caching, forwarding, metrics, redisconn, upstream
 from cachedapi.runtime.gateway.answers import Receive, Scope, Send
 
 log = logging.getLogger("cachedapi.gateway")
@@ -58,14 +60,21 @@ class Gateway:
             redisconn.PipelinedRedis(redis_url, on_down=self._redis_down, on_up=self._redis_up) if redis_url else None
         )
         self.upstream = upstream.Upstream(config.upstream_url, counts=self.metrics)
+        self.forwarder = forwarding.Forwarder(self.upstream, counts=self.counts, max_body=config.max_body_bytes)
         self.cache = caching.Cache(
             config,
             redis=self.redis,
-            upstream=self.upstream,
+            forwarder=self.forwarder,
             counts=self.counts,
             rate_by_ip=config.rate_by == "clientIP" or config.auth_mode == "none",
         )
+        self._rid_prefix = secrets.token_hex(4).encode() + b"-"
+        self._rid_counter = itertools.count(1)
         self.ready = False
+
+    def new_request_id(self) -> bytes:
+        """Unique in practice and cheap: a per-process random prefix and a counter."""
+        return self._rid_prefix + b"%d" % next(self._rid_counter)
 
     # --- Redis outage: one log line per outage ---------------------------------------------
 
@@ -106,7 +115,7 @@ class Gateway:
             elif name == b"x-request-id":
                 request_id = value[:128]
         if request_id is None:
-            request_id = self.cache.new_request_id()
+            request_id = self.new_request_id()
 
         client = ""
         if self.auth.required:
@@ -165,7 +174,9 @@ class Gateway:
                 send, 200, headers=[(b"content-type", self.metrics.CONTENT_TYPE)], body=self.metrics.render()
             )
         elif path in FORWARDED_PATHS or path.startswith("/docs/"):
-            await self.cache.forward_plain(scope, receive, send)
+            # Documentation: no key, no limit, no cache.
+            rid = next((v[:128] for n, v in scope["headers"] if n == b"x-request-id"), None) or self.new_request_id()
+            await self.forwarder.forward(scope, receive, send, request_id=rid, headers=[])
         else:
             await answers.send_problem(send, 404, detail=f"no route {path}: the API is under /v1/")
 
@@ -199,7 +210,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.ready = False
-        await self.cache.close()
+        await self.forwarder.close()
         await self.auth.close()
         await self.upstream.close()
         if self.redis is not None:
