@@ -110,7 +110,14 @@ def patch_body(
     """The merge patch that makes ``live`` hold ``desired`` again (other owners' refs kept)."""
     meta, live_meta = desired["metadata"], live.get("metadata") or {}
     ours = {r["uid"] for r in meta.get("ownerReferences") or []}
-    others = [r for r in live_meta.get("ownerReferences") or [] if r.get("uid") not in ours]
+    # A controller reference to a CachedApi of the same name that was deleted and created again
+    # is stale: an object may have only one controller, so ours replaces it.
+    kinds = {r.get("kind") for r in meta.get("ownerReferences") or [] if r.get("controller")}
+    others = [
+        r
+        for r in live_meta.get("ownerReferences") or []
+        if r.get("uid") not in ours and not (r.get("controller") and r.get("kind") in kinds)
+    ]
     patch_meta: dict[str, Any] = {"labels": meta.get("labels") or {}}
     if meta.get("annotations"):
         patch_meta["annotations"] = meta["annotations"]

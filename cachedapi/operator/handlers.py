@@ -44,6 +44,7 @@ ENV_RESYNC_SECONDS = "CACHEDAPI_RESYNC_SECONDS"
 ENV_RETRY_SECONDS = "CACHEDAPI_RETRY_SECONDS"
 
 OWNED = {names.LABEL_MANAGED_BY: names.MANAGER}
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 _CHILD_INDEX = "children_{plural}"
 #: Child kinds watched and indexed (Secrets are read on demand: watching every Secret
 #: in the cluster would cost memory and a broader RBAC grant).
@@ -135,6 +136,7 @@ async def shut_down(memo: kopf.Memo, **_: Any) -> None:
 async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
     """kopf's own logins, tried in-cluster first; the result is shared with ``kube.Client``."""
     info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+    token_path = SERVICE_ACCOUNT_TOKEN if info is not None else None
     if info is None:
         try:
             import kubernetes  # noqa: F401  (optional: understands exec plugins and auth providers)
@@ -163,6 +165,7 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
             certificate_data=info.certificate_data,
             private_key_path=text(info.private_key_path),
             private_key_data=info.private_key_data,
+            token_path=token_path,
         )
     )
     return info

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import ssl
@@ -48,6 +49,9 @@ class Credentials:
     certificate_data: str | bytes | None = None
     private_key_path: str | None = None
     private_key_data: str | bytes | None = None
+    #: A file the token is re-read from after a 401 (a service account's token, which the
+    #: kubelet rotates; kopf re-logs in only when its own requests are refused).
+    token_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,30 @@ class Client:
             self._session = None
         self._tempdir.cleanup()
 
+    async def _refresh_token(self) -> bool:
+        """Re-read a rotated token; True when it changed (then the request is worth repeating)."""
+        creds = self._credentials
+        if creds is None or not creds.token_path:
+            return False
+        try:
+            token = (await asyncio.to_thread(Path(creds.token_path).read_text, encoding="utf-8")).strip()
+        except OSError:
+            return False
+        if not token or token == creds.token:
+            return False
+        await self.login(dataclasses.replace(creds, token=token))
+        return True
+
     async def _request(self, method: str, path: str, *, body: Any = None, content_type: str = "") -> Any:
+        for attempt in (1, 2):
+            try:
+                return await self._request_once(method, path, body=body, content_type=content_type)
+            except ApiError as exc:
+                if exc.status != 401 or attempt == 2 or not await self._refresh_token():
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _request_once(self, method: str, path: str, *, body: Any, content_type: str) -> Any:
         await self._ready.wait()
         assert self._session is not None
         headers = {"Content-Type": content_type} if content_type else {}

@@ -84,3 +84,13 @@ def test_quantities_compare_by_value_only_under_resources() -> None:
     assert not drift.contains({"requests": {"cpu": "1"}}, {"requests": {"cpu": "2"}})
     assert not drift.contains({"image": "1"}, {"image": "1.0"})
     assert not drift.contains({"port": 1}, {"port": True})
+
+
+def test_a_stale_controller_reference_is_replaced_not_doubled() -> None:
+    live = _live()
+    live["metadata"]["ownerReferences"] = [
+        {"uid": "old-incarnation", "controller": True, "kind": "CachedApi", "name": "x"}
+    ]
+    assert drift.differs(DESIRED, live)
+    refs = drift.patch_body(DESIRED, live)["metadata"]["ownerReferences"]
+    assert [(r["uid"], r["controller"]) for r in refs] == [("u1", True)]
