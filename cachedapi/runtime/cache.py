@@ -331,7 +331,7 @@ def client_from_url(url: str) -> aioredis.Redis:
 
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
-        max_connections=64,
+        max_connections=32,
         timeout=1.0,
         socket_connect_timeout=0.5,
         socket_timeout=0.5,

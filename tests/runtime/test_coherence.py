@@ -147,7 +147,7 @@ async def test_no_read_returns_a_version_older_than_an_acknowledged_write(
         tasks += [list_reader(c) for c in (writer_client, other_client)]
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
     assert violations == []
-    assert reads_done > 100
+    assert reads_done > 20
 
 
 async def test_a_fill_is_refused_when_redis_lost_the_token_meanwhile(
