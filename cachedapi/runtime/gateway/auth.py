@@ -79,7 +79,8 @@ class ApiKeys(Authenticator):
             raise ValueError(
                 f"auth mode apiKey needs at least one key ({contract.ENV_API_KEYS_DIR} or {contract.ENV_API_KEYS})"
             )
-        self._labels = {digest(key.encode()): label for label, key in keys.items()}
+        # Prefixed so that a key's label can never name another kind of bucket (``ip:``, ``sub:``).
+        self._labels = {digest(key.encode()): f"key:{label}" for label, key in keys.items()}
 
     def check(self, token: bytes) -> str | Denied:
         label = self._labels.get(digest(token))
@@ -99,7 +100,7 @@ def load_api_keys(environ: Mapping[str, str]) -> dict[str, str]:
             if key:
                 keys[path.name] = key
     for key in filter(None, (k.strip() for k in environ.get(contract.ENV_API_KEYS, "").split(","))):
-        keys.setdefault("key-" + hashlib.sha256(key.encode()).hexdigest()[:12], key)
+        keys.setdefault("env-" + hashlib.sha256(key.encode()).hexdigest()[:12], key)
     return keys
 
 
