@@ -46,7 +46,8 @@ def _guard(endpoint: Endpoint) -> Endpoint:
         except documents.Invalid as exc:
             return protocol.problem_response(422, str(exc), errors=exc.errors)
         except db_mod.DatabaseUnavailable as exc:
-            log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
+            # The database's breaker logs the outage once; one line per request would flood.
+            log.debug("%s %s: database unavailable: %s", request.method, request.url.path, exc)
             return protocol.database_unavailable().response()
         except db_mod.NotFound:
             params = request.path_params
@@ -56,7 +57,8 @@ def _guard(endpoint: Endpoint) -> Endpoint:
         except db_mod.PreconditionFailed:
             return protocol.problem_response(412, "the If-Match / If-None-Match precondition does not hold")
         except Exception:
-            log.exception("%s %s failed", request.method, request.url.path)
+            rid = request.headers.get(contract.REQUEST_ID_HEADER, "-")
+            log.exception("%s %s failed (request id %s)", request.method, request.url.path, rid)
             return protocol.problem_response(500, "an unexpected error occurred; it has been logged")
 
     return guarded
