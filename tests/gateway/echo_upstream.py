@@ -44,6 +44,7 @@ async def app(
         (b"keep-alive", b"timeout=5"),
         (b"proxy-authenticate", b"Basic"),
         (b"x-end-to-end", b"kept"),
+        (b"content-length", b"%d" % len(payload)),
     ]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

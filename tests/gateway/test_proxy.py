@@ -103,3 +103,10 @@ def test_unknown_route_outside_v1_is_a_404_problem(echo_gateway: devstack.Role) 
     resp = httpx.get(f"{echo_gateway.url}/nowhere", timeout=10)
     assert resp.status_code == 404
     assert resp.headers["content-type"] == contract.PROBLEM_JSON
+
+
+def test_head_passes_the_upstreams_content_length(echo_gateway: devstack.Role) -> None:
+    resp = _echo(echo_gateway, {}, method="HEAD")
+    assert resp.status_code == 200
+    assert int(resp.headers["content-length"]) > 0
+    assert resp.content == b""

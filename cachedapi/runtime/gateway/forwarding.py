@@ -87,7 +87,10 @@ class Forwarder:
                     self.counts.miss += 1
                 break
         out.extend(headers)
-        out.append((b"content-length", b"%d" % len(result.body)))
+        length = len(result.body)
+        if scope["method"] == "HEAD" and result.content_length is not None:
+            length = result.content_length
+        out.append((b"content-length", b"%d" % length))
         await answers.send_answer(send, result.status, headers=out, body=result.body)
 
     def refresh(self, scope: Scope, request_id: bytes) -> None:

@@ -48,6 +48,8 @@ class Answer:
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes
+    #: The upstream's Content-Length, which only an answer to HEAD needs (its body is empty).
+    content_length: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +138,7 @@ class Upstream:
                 method, self.base_url + target, headers=headers, data=body or None, allow_redirects=False
             ) as resp:
                 content = await resp.read()
-                answer = Answer(resp.status, response_headers(resp.raw_headers), content)
+                answer = Answer(resp.status, response_headers(resp.raw_headers), content, resp.content_length)
         except aiohttp.ClientConnectorError as exc:
             self.metrics.counts.upstream_errors += 1
             return Failure(502, f"the api service is unreachable: {exc.strerror or 'connection refused'}")
