@@ -172,12 +172,12 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.index(model.API_GROUP, model.API_VERSION, model.PLURAL, id="cachedapis")
-async def index_cachedapi(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+async def index_cachedapi(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(namespace or "default", name): _snapshot(body)}
 
 
 @kopf.on.event(model.API_GROUP, model.API_VERSION, model.PLURAL, id="cachedapi-event")
-async def on_cachedapi(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+async def on_cachedapi(*, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     memo["operator"].request((namespace or "default", name))
 
 
@@ -185,12 +185,12 @@ def _register_child(kind: kube.Kind) -> None:
     group, version = _group_version(kind)
 
     async def index_child(
-        namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+        *, namespace: str | None, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any
     ) -> dict[Any, Any]:
         owner = labels.get(names.LABEL_INSTANCE)
         return {(namespace, owner): (kind.kind, name, _snapshot(body))} if owner else {}
 
-    async def on_child(namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    async def on_child(*, namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any) -> None:
         owner = labels.get(names.LABEL_INSTANCE)
         if owner:
             memo["operator"].request((namespace, owner))

@@ -60,7 +60,7 @@ class Kind:
     kind: str
     plural: str
 
-    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+    def path(self, namespace: str, *, name: str | None = None, subresource: str | None = None) -> str:
         base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
         path = f"{base}/namespaces/{namespace}/{self.plural}"
         if name is not None:
@@ -96,7 +96,7 @@ def kind_of(obj: dict[str, Any]) -> Kind:
 class ApiError(Exception):
     """An answer of the API server other than success (404 is None from ``get``)."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, *, status: int, reason: str, message: str) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
@@ -211,12 +211,12 @@ class Client:
                     reason, message = str(status.get("reason", "")), str(status.get("message", text))
                 except ValueError:
                     reason, message = response.reason or "", text[:500]
-                raise ApiError(response.status, reason, message)
+                raise ApiError(status=response.status, reason=reason, message=message)
             return json.loads(text) if text else None
 
-    async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get(self, kind: Kind, *, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            result: dict[str, Any] = await self._request("GET", kind.path(namespace, name))
+            result: dict[str, Any] = await self._request("GET", kind.path(namespace, name=name))
         except ApiError as exc:
             if exc.status == 404:
                 return None
@@ -237,16 +237,19 @@ class Client:
         return result
 
     async def patch(
-        self, kind: Kind, namespace: str, name: str, body: dict[str, Any], *, subresource: str | None = None
+        self, kind: Kind, *, namespace: str, name: str, body: dict[str, Any], subresource: str | None = None
     ) -> dict[str, Any]:
         result: dict[str, Any] = await self._request(
-            "PATCH", kind.path(namespace, name, subresource), body=body, content_type="application/merge-patch+json"
+            "PATCH",
+            kind.path(namespace, name=name, subresource=subresource),
+            body=body,
+            content_type="application/merge-patch+json",
         )
         return result
 
-    async def delete(self, kind: Kind, namespace: str, name: str) -> None:
+    async def delete(self, kind: Kind, *, namespace: str, name: str) -> None:
         try:
-            await self._request("DELETE", kind.path(namespace, name) + "?propagationPolicy=Background")
+            await self._request("DELETE", kind.path(namespace, name=name) + "?propagationPolicy=Background")
         except ApiError as exc:
             if exc.status != 404:
                 raise

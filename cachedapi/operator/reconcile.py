@@ -80,20 +80,20 @@ class Reconciler:
         try:
             api = self._parse(body)
             digests = await self._referenced_secrets(api)
-            digests.update(await self._generated_secrets(api, uid=meta["uid"], children=children))
+            digests.update(await self._generated_secrets(api, uid=meta["uid"]))
         except SpecError as exc:
             new_status = status.invalid(old=old_status, error=str(exc), generation=generation, now=now_iso())
-            await self._write_status(key, body, old_status, new_status)
+            await self._write_status(key, body=body, old=old_status, new=new_status)
             return
 
         inputs = builders.Inputs(owner_uid=meta["uid"], api_key="", db_password="", secret_digests=digests)
         desired = [obj for obj in builders.desired_objects(api, inputs) if obj["kind"] != "Secret"]
         failures: list[str] = []
-        touched = await self._converge(api, desired, children, memory, failures=failures)
+        touched = await self._converge(api, desired=desired, children=children, memory=memory, failures=failures)
         logger.debug("%s/%s: %d children observed, %d written", key[0], key[1], len(children), len(touched))
         await self._prune(desired, children, uid=meta["uid"])
 
-        workloads = self._workloads(api, children, touched)
+        workloads = self._workloads(api, children=children, touched=touched)
         new_status = status.compute(
             api=api,
             old=old_status,
@@ -106,7 +106,7 @@ class Reconciler:
             ready = next(c for c in new_status["conditions"] if c["type"] == "Ready")
             ready.update(status="False", reason="ApplyFailed", message="; ".join(failures)[:1024])
             new_status["phase"] = "Degraded" if old_status.get("phase") in {"Ready", "Degraded"} else "Provisioning"
-        await self._write_status(key, body, old_status, new_status)
+        await self._write_status(key, body=body, old=old_status, new=new_status)
         if failures:
             raise ConvergeError("; ".join(failures))  # the scheduler tries again later
 
@@ -128,7 +128,7 @@ class Reconciler:
         digests: dict[str, str] = {}
         found: dict[str, dict[str, Any]] = {}
         for name, where in secrets.referenced(api).items():
-            live = await self.client.get(kube.SECRET, api.metadata.namespace, name)
+            live = await self.client.get(kube.SECRET, namespace=api.metadata.namespace, name=name)
             if live is None:
                 raise SpecError(f"{where}: secret {name} not found in namespace {api.metadata.namespace}")
             found[name] = live
@@ -138,19 +138,19 @@ class Reconciler:
                 raise SpecError(f"{where}: secret {name} has no key {key!r}")
         return digests
 
-    async def _generated_secrets(
-        self, api: model.CachedApi, *, uid: str, children: Mapping[ChildKey, dict[str, Any]]
-    ) -> dict[str, str]:
+    async def _generated_secrets(self, api: model.CachedApi, *, uid: str) -> dict[str, str]:
         """Create the generated Secrets that are missing (never touch existing ones); their digests."""
         fresh = builders.Inputs(owner_uid=uid, api_key=secrets.new_token(), db_password=secrets.new_token())
         digests: dict[str, str] = {}
         for wanted in secrets.generated(api, fresh):
             name = wanted["metadata"]["name"]
-            live = await self.client.get(kube.SECRET, api.metadata.namespace, name)
+            live = await self.client.get(kube.SECRET, namespace=api.metadata.namespace, name=name)
             if live is None:
                 created = await self.client.create(wanted)
                 logger.info("created Secret %s/%s", api.metadata.namespace, name)
-                live = created or await self.client.get(kube.SECRET, api.metadata.namespace, name) or wanted
+                live = (
+                    created or await self.client.get(kube.SECRET, namespace=api.metadata.namespace, name=name) or wanted
+                )
             data = live.get("data")
             if data is None and live.get("stringData"):
                 data = {k: base64.b64encode(str(v).encode()).decode() for k, v in live["stringData"].items()}
@@ -162,6 +162,7 @@ class Reconciler:
     async def _converge(
         self,
         api: model.CachedApi,
+        *,
         desired: list[dict[str, Any]],
         children: Mapping[ChildKey, dict[str, Any]],
         memory: Memory,
@@ -194,7 +195,10 @@ class Reconciler:
             if drift.differs(obj, live, ignore=ignore):
                 try:
                     await self.client.patch(
-                        kube.kind_of(obj), namespace, ckey[1], drift.patch_body(obj, live, ignore=ignore)
+                        kube.kind_of(obj),
+                        namespace=namespace,
+                        name=ckey[1],
+                        body=drift.patch_body(obj, live, ignore=ignore),
                     )
                 except kube.ApiError as exc:
                     failures.append(f"patching {obj['kind']} {ckey[1]}: {exc}")
@@ -215,12 +219,12 @@ class Reconciler:
             if not any(r.get("uid") == uid and r.get("controller") for r in refs):
                 continue
             namespace = live["metadata"].get("namespace") or "default"
-            await self.client.delete(kube.CHILD_KINDS[ckey[0]], namespace, ckey[1])
+            await self.client.delete(kube.CHILD_KINDS[ckey[0]], namespace=namespace, name=ckey[1])
             logger.info("deleted %s %s/%s: no longer in the spec", ckey[0], namespace, ckey[1])
 
     @staticmethod
     def _workloads(
-        api: model.CachedApi, children: Mapping[ChildKey, dict[str, Any]], touched: set[ChildKey]
+        api: model.CachedApi, *, children: Mapping[ChildKey, dict[str, Any]], touched: set[ChildKey]
     ) -> dict[status.Role, status.Workload]:
         out: dict[status.Role, status.Workload] = {}
         for role in (names.Role.GATEWAY, names.Role.API):
@@ -244,14 +248,18 @@ class Reconciler:
 
     # --- status and events ---------------------------------------------------------------------
 
-    async def _write_status(self, key: Key, body: Mapping[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
+    async def _write_status(
+        self, key: Key, *, body: Mapping[str, Any], old: dict[str, Any], new: dict[str, Any]
+    ) -> None:
         if new == old:
             return
         patch = {**new, **{k: None for k in old if k not in new}}
-        await self.client.patch(kube.CACHEDAPI, key[0], key[1], {"status": patch}, subresource="status")
-        await self._events(key, body, old, new)
+        await self.client.patch(
+            kube.CACHEDAPI, namespace=key[0], name=key[1], body={"status": patch}, subresource="status"
+        )
+        await self._events(key, body=body, old=old, new=new)
 
-    async def _events(self, key: Key, body: Mapping[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
+    async def _events(self, key: Key, *, body: Mapping[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
         def cond(st: dict[str, Any], type_: str) -> dict[str, Any]:
             return next((c for c in st.get("conditions") or [] if c.get("type") == type_), {})
 

@@ -65,19 +65,23 @@ def observe(*, role: Role, kind: str, live: dict[str, Any] | None, desired: int 
     )
 
 
-def _condition(type_: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
+def _condition(type_: str, ok: bool, *, reason: str, message: str) -> dict[str, Any]:
     return {"type": type_, "status": "True" if ok else "False", "reason": reason, "message": message}
 
 
 def _workload_condition(type_: str, w: Workload) -> dict[str, Any]:
     name = f"{w.kind} {w.role.value}"
     if not w.present:
-        return _condition(type_, False, "Missing", f"{name} does not exist yet")
+        return _condition(type_, False, reason="Missing", message=f"{name} does not exist yet")
     if w.touched:
-        return _condition(type_, False, "Updating", f"{name} was just updated; waiting for its controller")
+        return _condition(
+            type_, False, reason="Updating", message=f"{name} was just updated; waiting for its controller"
+        )
     if w.available:
-        return _condition(type_, True, "Available", f"{w.ready}/{w.desired} ready")
-    return _condition(type_, False, "Progressing", f"{w.ready}/{w.desired} ready at the current generation")
+        return _condition(type_, True, reason="Available", message=f"{w.ready}/{w.desired} ready")
+    return _condition(
+        type_, False, reason="Progressing", message=f"{w.ready}/{w.desired} ready at the current generation"
+    )
 
 
 def _merge_conditions(
@@ -98,8 +102,8 @@ def _merge_conditions(
 def invalid(*, old: dict[str, Any], error: str, generation: int, now: str) -> dict[str, Any]:
     """The status of a CachedApi whose spec cannot be acted on."""
     conditions = [
-        _condition("Ready", False, "SpecInvalid", "the spec is not valid; see SpecValid"),
-        _condition("SpecValid", False, "Invalid", error),
+        _condition("Ready", False, reason="SpecInvalid", message="the spec is not valid; see SpecValid"),
+        _condition("SpecValid", False, reason="Invalid", message=error),
     ]
     return {
         **{k: v for k, v in old.items() if k != "conditions"},
@@ -126,14 +130,18 @@ def compute(
     redis_ref = api.spec.cache.redis.external
     if redis_ref is not None:
         conditions.append(
-            _condition("CacheReady", True, "External", f"Redis URL from secret {redis_ref.urlSecretRef.name}")
+            _condition(
+                "CacheReady", True, reason="External", message=f"Redis URL from secret {redis_ref.urlSecretRef.name}"
+            )
         )
     else:
         conditions.append(_workload_condition("CacheReady", workloads[Role.REDIS]))
     db_ref = api.spec.database.external
     if db_ref is not None:
         conditions.append(
-            _condition("DatabaseReady", True, "External", f"database URL from secret {db_ref.urlSecretRef.name}")
+            _condition(
+                "DatabaseReady", True, reason="External", message=f"database URL from secret {db_ref.urlSecretRef.name}"
+            )
         )
     else:
         conditions.append(_workload_condition("DatabaseReady", workloads[Role.DB]))
@@ -141,11 +149,13 @@ def compute(
     all_ready = not waiting
     conditions.insert(
         0,
-        _condition("Ready", True, "AllComponentsReady", "every component is available")
+        _condition("Ready", True, reason="AllComponentsReady", message="every component is available")
         if all_ready
-        else _condition("Ready", False, "ComponentsNotReady", "waiting for " + ", ".join(waiting)),
+        else _condition("Ready", False, reason="ComponentsNotReady", message="waiting for " + ", ".join(waiting)),
     )
-    conditions.append(_condition("SpecValid", True, "Valid", "the spec is valid and every referenced Secret exists"))
+    conditions.append(
+        _condition("SpecValid", True, reason="Valid", message="the spec is valid and every referenced Secret exists")
+    )
 
     if all_ready:
         phase = "Ready"

@@ -28,7 +28,7 @@ def _from(api: model.CachedApi, *components: str) -> list[dict[str, Any]]:
     return [{"podSelector": {"matchLabels": names.selector(api, c)}} for c in components]
 
 
-def _to(api: model.CachedApi, component: str, port: int) -> dict[str, Any]:
+def _to(api: model.CachedApi, component: str, *, port: int) -> dict[str, Any]:
     return {"to": _from(api, component), "ports": [{"protocol": "TCP", "port": port}]}
 
 
@@ -55,13 +55,13 @@ def policies(api: model.CachedApi, inp: inputs.Inputs) -> list[dict[str, Any]]:
     jwt = spec.gateway.auth.jwt
     fetches_jwks = spec.gateway.auth.mode == "jwt" and jwt is not None and jwt.jwksUrl is not None
 
-    gateway_egress: list[Any] = [_dns(), _to(api, API, contract.API_PORT)]
+    gateway_egress: list[Any] = [_dns(), _to(api, API, port=contract.API_PORT)]
     api_egress: list[Any] = [_dns()]
     if redis_managed:
-        gateway_egress.append(_to(api, REDIS, contract.REDIS_PORT))
-        api_egress.append(_to(api, REDIS, contract.REDIS_PORT))
+        gateway_egress.append(_to(api, REDIS, port=contract.REDIS_PORT))
+        api_egress.append(_to(api, REDIS, port=contract.REDIS_PORT))
     if db_managed:
-        api_egress.append(_to(api, DB, contract.POSTGRES_PORT))
+        api_egress.append(_to(api, DB, port=contract.POSTGRES_PORT))
     if not redis_managed or fetches_jwks:
         gateway_egress.append(_anywhere())
     if not redis_managed or not db_managed:

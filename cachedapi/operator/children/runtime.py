@@ -93,7 +93,7 @@ def _env_and_volumes(api: model.CachedApi, role: names.Role) -> tuple[list[Any],
     return env, volumes, mounts
 
 
-def pod_hash(api: model.CachedApi, inp: inputs.Inputs, role: names.Role) -> str:
+def pod_hash(api: model.CachedApi, inp: inputs.Inputs, *, role: names.Role) -> str:
     return pods.config_hash(
         texts=[config.text(api)], secrets={name: inp.digest(name) for name in read_secrets(api, role)}
     )
@@ -134,7 +134,7 @@ def deployment(api: model.CachedApi, inp: inputs.Inputs, *, role: names.Role) ->
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": names.selector(api, role.value)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": pods.template(api, component=role.value, spec=pod_spec, hash_=pod_hash(api, inp, role)),
+            "template": pods.template(api, component=role.value, spec=pod_spec, hash_=pod_hash(api, inp, role=role)),
         },
     }
 
