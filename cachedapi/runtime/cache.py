@@ -134,6 +134,17 @@ class Lookup:
     leased: bool
 
 
+def item_target(prefix: str, resource: str, item_id: str) -> Target:
+    base = f"{prefix}:{resource}:"
+    return Target(resource, base, contract.item_gen_key(prefix, resource, item_id), "i", f"i:{item_id}")
+
+
+def list_target(prefix: str, resource: str, query: str) -> Target:
+    """``query`` is ``contract.canonical_list_query``'s spelling."""
+    base = f"{prefix}:{resource}:"
+    return Target(resource, base, contract.list_gen_key(prefix, resource), "l", query)
+
+
 class CacheStore:
     """Lookup, poll, fill and invalidate, behind a circuit breaker."""
 
@@ -163,12 +174,10 @@ class CacheStore:
     # --- targets ----------------------------------------------------------------------------
 
     def item_target(self, resource: str, item_id: str) -> Target:
-        base = f"{self._prefix}:{resource}:"
-        return Target(resource, base, contract.item_gen_key(self._prefix, resource, item_id), "i", f"i:{item_id}")
+        return item_target(self._prefix, resource, item_id)
 
     def list_target(self, resource: str, query: str) -> Target:
-        base = f"{self._prefix}:{resource}:"
-        return Target(resource, base, contract.list_gen_key(self._prefix, resource), "l", query)
+        return list_target(self._prefix, resource, query)
 
     # --- breaker ----------------------------------------------------------------------------
 

@@ -57,6 +57,7 @@ class Handlers:
         self._reader = reader
         self._store = store
         self._limit = config.max_body_bytes
+        self._prefix = config.key_prefix
         self._validators = documents.Validators(config.resources)
         self._names = frozenset(config.resources)
         self._known = ", ".join(sorted(config.resources))
@@ -128,9 +129,7 @@ class Handlers:
             body = orjson.dumps(page)
             return reads.Loaded(200, body, f'"l{hashlib.blake2b(body, digest_size=9).hexdigest()}"')
 
-        target = cache.Target(resource, "", "", "l", "")
-        if self._store is not None:
-            target = self._store.list_target(resource, contract.canonical_list_query(limit, cursor))
+        target = cache.list_target(self._prefix, resource, contract.canonical_list_query(limit, cursor))
         answer = await self._reader.read(target=target, load=load, force=self._forced(request))
         return self._read_response(request, resource=resource, answer=answer, missing="")
 
@@ -165,9 +164,7 @@ class Handlers:
                 return reads.Loaded(404)
             return reads.Loaded(200, documents.encode_item(item_id, row.data), documents.etag(row.version))
 
-        target = cache.Target(resource, "", "", "i", "")
-        if self._store is not None:
-            target = self._store.item_target(resource, item_id)
+        target = cache.item_target(self._prefix, resource, item_id)
         answer = await self._reader.read(target=target, load=load, force=self._forced(request))
         return self._read_response(request, resource=resource, answer=answer, missing=missing)
 

@@ -15,8 +15,11 @@ early); a later read of the same key in this process waits for it first.
 Forced refreshes (``contract.REVALIDATE_HEADER`` or ``Cache-Control: no-cache``)
 read the database themselves and refill. If the database fails and the entry is
 no older than ttl + ``staleIfErrorSeconds``, the entry is answered as STALE.
-Resources with ttl 0 and every read while Redis is unusable are BYPASS: straight
-to the database, nothing stored. 404s are never stored.
+Resources with ttl 0, and every read while Redis is unusable (down, or this
+process holds queued invalidations), are BYPASS: straight to the database,
+nothing stored, and not coalesced either, since without a token a reader
+cannot tell whether a flight in progress began before a write it must see.
+404s are never stored.
 """
 
 from __future__ import annotations
