@@ -137,3 +137,33 @@ async def test_an_entry_older_than_its_ttl_is_read_again(
                 break
         assert resp.headers["x-cache"] == "MISS"
         assert (await client.get("/v1/books/dune")).headers["x-cache"] == "HIT"
+
+
+async def test_a_list_page_answers_304_to_its_etag(client: httpx.AsyncClient) -> None:
+    await client.put("/v1/books/a", json=BOOK)
+    etag = (await client.get("/v1/books")).headers["etag"]
+    resp = await client.get("/v1/books", headers={"if-none-match": etag})
+    assert resp.status_code == 304 and resp.headers["x-cache"] == "HIT"
+    await client.put("/v1/books/b", json=BOOK)
+    assert (await client.get("/v1/books", headers={"if-none-match": etag})).status_code == 200
+
+
+async def test_metrics_count_requests_database_queries_and_cache_outcomes(
+    api: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    _, client = api
+    await client.put("/v1/books/a", json=BOOK)
+    await client.get("/v1/books/a")
+    await client.get("/v1/books/a")
+    await client.get("/v1/orders/none")
+    text = (await client.get("/metrics")).text
+    requests = "cachedapi_api_requests_total"
+    assert metric(text, requests, route="/v1/{resource}/{id}", method="GET", status="200") == 2
+    assert metric(text, requests, route="/v1/{resource}/{id}", method="PUT", status="201") == 1
+    assert metric(text, requests, route="/v1/{resource}/{id}", method="GET", status="404") == 1
+    assert metric(text, "cachedapi_api_request_duration_seconds_count", route="/v1/{resource}/{id}") == 4
+    assert metric(text, "cachedapi_api_db_queries_total", op="get") == 2  # the miss and the ttl-0 read
+    assert metric(text, "cachedapi_api_db_query_duration_seconds_count", op="get") == 2
+    assert metric(text, "cachedapi_api_cache_total", result="bypass") == 1
+    assert metric(text, "cachedapi_api_cache_fills_total", result="stored") == 1
+    assert metric(text, "cachedapi_api_redis_errors_total") == 0

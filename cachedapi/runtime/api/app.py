@@ -35,10 +35,18 @@ log = logging.getLogger(__name__)
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def _guard(endpoint: Endpoint) -> Endpoint:
-    """Turn every failure into problem+json; never a stack trace (it is logged here)."""
+#: Where ``_Instrument`` leaves a one-item list for the endpoint to name its route in (a list,
+#: because the routing layers below the middleware work on copies of the scope).
+_ROUTE_SLOT = "cachedapi.route"
+
+
+def _guard(endpoint: Endpoint, *, path: str) -> Endpoint:
+    """Turn every failure into problem+json, never a stack trace (it is logged here); name the route."""
 
     async def guarded(request: Request) -> Response:
+        slot = request.scope.get(_ROUTE_SLOT)
+        if slot is not None:
+            slot[0] = path
         try:
             return await endpoint(request)
         except protocol.Problem as exc:
@@ -65,7 +73,7 @@ def _guard(endpoint: Endpoint) -> Endpoint:
 
 
 class _Instrument:
-    """Pure ASGI middleware: requests and latency by route template, method and status."""
+    """Pure ASGI middleware: requests and latency by route template (``other`` off the API), method, status."""
 
     def __init__(self, app: ASGIApp, metrics: metrics_mod.Metrics) -> None:
         self.app = app
@@ -77,6 +85,8 @@ class _Instrument:
             return
         start = time.perf_counter()
         status = 500
+        slot = ["other"]
+        scope[_ROUTE_SLOT] = slot
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -87,8 +97,7 @@ class _Instrument:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
+            path = slot[0]
             method = scope["method"]
             self.metrics.requests.labels(path, method, str(status)).inc()
             self.metrics.latency.labels(path, method).observe(time.perf_counter() - start)
@@ -164,7 +173,7 @@ def create_app(config: contract.RuntimeConfig, environ: Mapping[str, str]) -> Fa
         ("/v1/{resource}/{id}", endpoints.delete, ["DELETE"]),
     ]
     for path, endpoint, methods in routes:
-        app.add_route(path, _guard(endpoint), methods=methods, include_in_schema=False)
+        app.add_route(path, _guard(endpoint, path=path), methods=methods, include_in_schema=False)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
