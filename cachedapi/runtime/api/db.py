@@ -77,6 +77,8 @@ class Database:
             timeout=timeout,
             kwargs={"autocommit": True, "connect_timeout": 2},
             configure=self._configure,
+            # Give up a failed background connection at once: the next request that needs one
+            # makes the pool try again, so recovery is not delayed by an exponential backoff.
             reconnect_timeout=0,
         )
         self._schema_ready = False
