@@ -7,7 +7,7 @@ created as soon as PostgreSQL answers).
 
 Readiness (``/readyz``) is PostgreSQL: without it the api can only serve stale
 entries. Redis being down does not make the api unready, because every request
-still succeeds from the database; ``/readyz`` reports it as ``degraded``.
+still succeeds from the database; ``/readyz`` says so in its body (``redis``).
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ Every failure to reach PostgreSQL becomes ``DatabaseUnavailable`` quickly: the
 pool waits at most ``timeout`` seconds for a connection, after which every
 operation fails at once for ``backoff`` seconds (a circuit breaker, so that
 stale answers and 503s do not each wait the timeout; logged once per outage);
-a read is retried once on a fresh connection (a pooled one may predate a
-server restart), and a broken connection makes the pool check its idle ones.
+when a pooled connection turns out broken (it predates a server restart), the
+pool drops every broken idle one and the operation is retried once: reads
+always, writes only if the failure came before COMMIT was sent (after it the
+outcome is unknown, and the client gets 503 rather than a guess).
 """
 
 from __future__ import annotations
