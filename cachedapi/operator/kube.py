@@ -96,6 +96,9 @@ def kind_of(obj: dict[str, Any]) -> Kind:
 class ApiError(Exception):
     """An answer of the API server other than success (404 is None from ``get``)."""
 
+    #: An operational failure, logged without a traceback (see ``scheduler``).
+    expected = True
+
     def __init__(self, *, status: int, reason: str, message: str) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
@@ -194,6 +197,8 @@ class Client:
             except ApiError as exc:
                 if exc.status != 401 or attempt == 2 or not await self._refresh_token():
                     raise
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise ApiError(status=0, reason="Unreachable", message=f"{method} {path}: {exc!r}") from exc
         raise AssertionError("unreachable")
 
     async def _request_once(self, method: str, path: str, *, body: Any, content_type: str) -> Any:

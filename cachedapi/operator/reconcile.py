@@ -46,6 +46,8 @@ class SpecError(Exception):
 class ConvergeError(Exception):
     """Some children could not be written; the rest were, and the status says which failed."""
 
+    expected = True
+
 
 @dataclass
 class Memory:
@@ -254,9 +256,15 @@ class Reconciler:
         if new == old:
             return
         patch = {**new, **{k: None for k in old if k not in new}}
-        await self.client.patch(
-            kube.CACHEDAPI, namespace=key[0], name=key[1], body={"status": patch}, subresource="status"
-        )
+        try:
+            await self.client.patch(
+                kube.CACHEDAPI, namespace=key[0], name=key[1], body={"status": patch}, subresource="status"
+            )
+        except kube.ApiError as exc:
+            if exc.status != 404:
+                raise
+            logger.debug("%s/%s is gone; its status is not written", key[0], key[1])
+            return
         await self._events(key, body=body, old=old, new=new)
 
     async def _events(self, key: Key, *, body: Mapping[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:

@@ -47,8 +47,11 @@ class Scheduler:
                     await self._work(key)
                 except asyncio.CancelledError:
                     raise
-                except Exception:
-                    logger.exception("reconcile of %s failed; retrying in %.0f s", key, self._retry_seconds)
+                except Exception as exc:
+                    if getattr(exc, "expected", False):  # the API server said no: its answer is the story
+                        logger.warning("reconcile of %s failed: %s; retrying in %.0f s", key, exc, self._retry_seconds)
+                    else:
+                        logger.exception("reconcile of %s failed; retrying in %.0f s", key, self._retry_seconds)
                     loop = asyncio.get_running_loop()
                     self._retries[key] = loop.call_later(self._retry_seconds, self._retry, key)
                     return

@@ -57,14 +57,15 @@ BOOKSTORE_CHILDREN = {
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[em.Cluster]:
+async def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[em.Cluster]:
+    """The emulator with the operator running against it; the operator's log is shown when a test
+    fails, and a traceback anywhere in it fails the test (kopf logs handler errors and goes on)."""
     async with em.emulated_cluster() as emulated:
         with em.operator_process(server=emulated.url, workdir=tmp_path, resync_seconds=RESYNC_SECONDS):
-            try:
-                yield emulated
-            except BaseException:
-                print((tmp_path / "operator.log").read_text(errors="replace")[-20000:])
-                raise
+            yield emulated
+    log = (tmp_path / "operator.log").read_text(errors="replace")
+    request.node.add_report_section("teardown", "operator log", log[-20000:])
+    assert "Traceback" not in log, log[log.index("Traceback") - 200 :][:3000]
 
 
 def _bookstore() -> dict[str, Any]:
