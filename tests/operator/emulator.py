@@ -271,7 +271,9 @@ async def emulated_cluster() -> AsyncIterator[Cluster]:
 
 
 @contextlib.contextmanager
-def operator_process(*, server: str, workdir: Path, resync_seconds: float = 2.0) -> Any:
+def operator_process(
+    *, server: str, workdir: Path, resync_seconds: float = 2.0, extra_env: dict[str, str] | None = None
+) -> Any:
     """``cachedapi operator`` against the emulator; stopped by pid (SIGINT, then SIGKILL)."""
     workdir.mkdir(parents=True, exist_ok=True)
     kubeconfig = workdir / "kubeconfig"
@@ -284,6 +286,7 @@ def operator_process(*, server: str, workdir: Path, resync_seconds: float = 2.0)
         "CACHEDAPI_LIVENESS_ENDPOINT": "",
         "PYTHONUNBUFFERED": "1",
         "CACHEDAPI_LOG_LEVEL": os.environ.get("CACHEDAPI_TEST_OPERATOR_LOG_LEVEL", "INFO"),
+        **(extra_env or {}),
     }
     log = (workdir / "operator.log").open("wb")
     proc = subprocess.Popen(

@@ -18,14 +18,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
-from cachedapi import contract
+from cachedapi import contract, model
+from cachedapi.operator import children, render
 from cachedapi.operator.children import names
 
 from ..conftest import EXAMPLES
@@ -414,3 +417,46 @@ async def test_a_secret_without_the_named_key_is_reported_with_the_field(cluster
     assert not {("StatefulSet", "bookstore-db"), ("Secret", "bookstore-db-credentials")} & set(
         cluster.children(NS, NAME)
     )
+
+
+async def test_what_render_prints_is_what_the_operator_creates(cluster: em.Cluster) -> None:
+    stored = await _created(cluster)
+    api = model.parse(_bookstore())
+    rendered = children.desired_objects(api, render.render_inputs(api))
+    live = cluster.children(NS, NAME)
+    assert {(o["kind"], o["metadata"]["name"]) for o in rendered} == set(live)
+
+    def comparable(obj: dict[str, Any]) -> dict[str, Any]:
+        # What differs by design: the owner's uid, generated Secret values, and so the config hashes.
+        out = copy.deepcopy({k: v for k, v in obj.items() if k not in {"status", "data"} or obj["kind"] != "Secret"})
+        out.pop("status", None)
+        out["metadata"] = {k: v for k, v in out["metadata"].items() if k in {"name", "namespace", "labels"}}
+        template = (out.get("spec") or {}).get("template")
+        if template:
+            template["metadata"]["annotations"].pop(names.CONFIG_HASH_ANNOTATION)
+        return out
+
+    for obj in rendered:
+        key = (obj["kind"], obj["metadata"]["name"])
+        assert comparable(live[key]) == comparable(obj), key
+        assert live[key]["metadata"]["ownerReferences"][0]["uid"] == stored["metadata"]["uid"]
+
+
+async def test_the_operator_answers_its_liveness_probe(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}/healthz"
+    async with em.emulated_cluster() as cluster:
+        with em.operator_process(
+            server=cluster.url, workdir=tmp_path, extra_env={"CACHEDAPI_LIVENESS_ENDPOINT": endpoint}
+        ):
+
+            async def healthy() -> bool:
+                try:
+                    async with aiohttp.ClientSession() as session, session.get(endpoint) as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await em.eventually(healthy)
