@@ -191,3 +191,13 @@ async def test_an_unexpected_error_is_500_problem_without_internals(
     assert resp.headers["content-type"] == "application/problem+json"
     assert "r_orders" not in resp.text and "Traceback" not in resp.text
     assert "r_orders" in caplog.text  # logged server-side
+
+
+async def test_too_many_or_too_large_headers_are_431_problem(client: httpx.AsyncClient) -> None:
+    flood = {f"x-flood-{i}": "y" for i in range(500)}
+    huge = {"x-huge": "k" * 100_000}
+    for headers in (flood, huge):
+        resp = await client.get("/v1/books", headers=headers)
+        assert resp.status_code == 431
+        assert resp.headers["content-type"] == "application/problem+json"
+    assert (await client.get("/v1/books", headers={"x-some": "y" * 1000})).status_code == 200

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import orjson
@@ -23,28 +22,22 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cachedapi import contract
 from cachedapi.runtime import cache
 from cachedapi.runtime.api import db as db_mod
-from cachedapi.runtime.api import documents, handlers, openapi, protocol, reads
+from cachedapi.runtime.api import documents, handlers, middleware, openapi, protocol, reads
 from cachedapi.runtime.api import metrics as metrics_mod
 
 log = logging.getLogger(__name__)
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-#: Where ``_Instrument`` leaves a one-item list for the endpoint to name its route in (a list,
-#: because the routing layers below the middleware work on copies of the scope).
-_ROUTE_SLOT = "cachedapi.route"
-
-
 def _guard(endpoint: Endpoint, *, path: str) -> Endpoint:
     """Turn every failure into problem+json, never a stack trace (it is logged here); name the route."""
 
     async def guarded(request: Request) -> Response:
-        slot = request.scope.get(_ROUTE_SLOT)
+        slot = request.scope.get(middleware.ROUTE_SLOT)
         if slot is not None:
             slot[0] = path
         try:
@@ -70,37 +63,6 @@ def _guard(endpoint: Endpoint, *, path: str) -> Endpoint:
             return protocol.problem_response(500, "an unexpected error occurred; it has been logged")
 
     return guarded
-
-
-class _Instrument:
-    """Pure ASGI middleware: requests and latency by route template (``other`` off the API), method, status."""
-
-    def __init__(self, app: ASGIApp, metrics: metrics_mod.Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-        slot = ["other"]
-        scope[_ROUTE_SLOT] = slot
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            path = slot[0]
-            method = scope["method"]
-            self.metrics.requests.labels(path, method, str(status)).inc()
-            self.metrics.latency.labels(path, method).observe(time.perf_counter() - start)
 
 
 def create_app(config: contract.RuntimeConfig, environ: Mapping[str, str]) -> FastAPI:
@@ -192,5 +154,6 @@ def create_app(config: contract.RuntimeConfig, environ: Mapping[str, str]) -> Fa
 
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)
-    app.add_middleware(_Instrument, metrics=metrics)
+    app.add_middleware(middleware.HeaderLimits)
+    app.add_middleware(middleware.Instrument, metrics=metrics)  # outermost: counts the 431s too
     return app
