@@ -8,6 +8,7 @@ line in ``CONTENDERS``.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -100,9 +101,10 @@ class Gateway(Contender):
 
     expect = ("x-cache", "HIT")
 
-    def __init__(self, server: str) -> None:
+    def __init__(self, server: str, *, env: dict[str, str] | None = None, label: str = "") -> None:
         self.server = server
-        self.name = f"cachedapi gateway ({server})"
+        self.extra_env = env or {}
+        self.name = f"cachedapi gateway ({server}{label})"
         self.role: devstack.Role | None = None
 
     def start(self, world: World) -> None:
@@ -111,9 +113,10 @@ class Gateway(Contender):
             **stack.apis[0].env,
             contract.ENV_UPSTREAM_URL: stack.apis[0].url,
             "CACHEDAPI_HTTP_SERVER": self.server,
+            **self.extra_env,
         }
         self.role = devstack.Role(
-            role="gateway", port=embedded.free_port(), env=env, log_path=stack.workdir / f"bench-{self.server}.log"
+            role="gateway", port=embedded.free_port(), env=env, log_path=stack.workdir / f"bench-{id(self)}.log"
         )
         self.role.start()
 
@@ -244,6 +247,16 @@ def available() -> dict[str, Contender]:
     if shutil.which("nginx"):
         found["nginx"] = Nginx()
     return found
+
+
+def variant(name: str) -> Contender | None:
+    """Contenders made from their name, run only when named: ``gateway-bp<N>`` is the gateway
+    under granian with backpressure N (``server.ENV_BACKPRESSURE``), for choosing its default."""
+    match = re.fullmatch(r"gateway-bp(\d+)", name)
+    if match is None:
+        return None
+    n = match.group(1)
+    return Gateway("granian", env={"CACHEDAPI_GATEWAY_BACKPRESSURE": n}, label=f", backpressure {n}")
 
 
 def warm(contender: Contender, world: World, scenario: str) -> None:

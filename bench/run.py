@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
 
     everything = contenders.available()
     wanted = [n for n in args.contenders.split(",") if n] or list(everything)
+    for name in wanted:
+        made = contenders.variant(name)
+        if made is not None:
+            everything[name] = made
     unknown = [n for n in wanted if n not in everything]
     if unknown:
         print(f"bench: unknown or unavailable contenders {unknown}; available: {list(everything)}", file=sys.stderr)
