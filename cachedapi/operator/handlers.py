@@ -24,18 +24,15 @@ owner references do the clean-up.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
 import os
-from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from cachedapi import model
-from cachedapi.operator import kube, reconcile, scheduler
+from cachedapi.operator import controller, kube
 from cachedapi.operator.children import names
 
 logger = logging.getLogger(__name__)
@@ -45,10 +42,6 @@ ENV_RETRY_SECONDS = "CACHEDAPI_RETRY_SECONDS"
 
 OWNED = {names.LABEL_MANAGED_BY: names.MANAGER}
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-_CHILD_INDEX = "children_{plural}"
-#: Child kinds watched and indexed (Secrets are read on demand: watching every Secret
-#: in the cluster would cost memory and a broader RBAC grant).
-WATCHED = [k for k in kube.CHILD_KINDS.values() if k.kind != "Secret"]
 
 
 def _group_version(kind: kube.Kind) -> tuple[str, str]:
@@ -56,53 +49,6 @@ def _group_version(kind: kube.Kind) -> tuple[str, str]:
         group, version = kind.api_version.split("/", 1)
         return group, version
     return "", kind.api_version
-
-
-@dataclass
-class Operator:
-    """Everything one operator process holds: the client, the reconciler, the scheduler."""
-
-    resync_seconds: float
-    retry_seconds: float
-    client: kube.Client = field(default_factory=kube.Client)
-    indices: dict[str, Any] = field(default_factory=dict)
-    reconciler: reconcile.Reconciler | None = None
-    scheduler: scheduler.Scheduler | None = None
-    resync_task: asyncio.Task[None] | None = None
-    indexed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def request(self, key: Hashable) -> None:
-        if self.scheduler is not None:
-            self.indexed.set()  # kopf calls handlers only after every index was listed once
-            self.scheduler.request(key)
-
-    def children(self, key: tuple[str, str]) -> dict[reconcile.ChildKey, dict[str, Any]]:
-        found: dict[reconcile.ChildKey, dict[str, Any]] = {}
-        for kind in WATCHED:
-            index = self.indices.get(_CHILD_INDEX.format(plural=kind.plural)) or {}
-            for kind_name, name, body in index.get(key, ()):
-                found[(kind_name, name)] = body
-        return found
-
-    def owner(self, key: tuple[str, str]) -> dict[str, Any] | None:
-        store = (self.indices.get("cachedapis") or {}).get(key)
-        bodies: Iterable[dict[str, Any]] = store or ()
-        return next(iter(bodies), None)
-
-    async def work(self, key: Hashable) -> None:
-        assert self.reconciler is not None and isinstance(key, tuple)
-        body = self.owner(key)
-        if body is None:
-            self.reconciler.forget(key)
-            return
-        await self.reconciler.reconcile(body, self.children(key))
-
-    async def resync(self) -> None:
-        await self.indexed.wait()
-        while True:
-            await asyncio.sleep(self.resync_seconds)
-            for key in list(self.indices.get("cachedapis") or {}):
-                self.request(key)
 
 
 def _snapshot(body: kopf.Body) -> dict[str, Any]:
@@ -115,21 +61,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     settings.posting.enabled = False  # kopf's own Events: none (ours are posted on transitions)
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 600
-    op: Operator = memo["operator"]
-    op.indices = {name: kwargs[name] for name in kwargs if name == "cachedapis" or name.startswith("children_")}
-    op.reconciler = reconcile.Reconciler(op.client)
-    op.scheduler = scheduler.Scheduler(op.work, retry_seconds=op.retry_seconds)
-    op.resync_task = asyncio.get_running_loop().create_task(op.resync(), name="resync")
+    op: controller.Controller = memo["operator"]
+    op.start({name: kwargs[name] for name in kwargs if name in controller.index_names()})
 
 
 @kopf.on.cleanup()
 async def shut_down(memo: kopf.Memo, **_: Any) -> None:
-    op: Operator = memo["operator"]
-    if op.resync_task is not None:
-        op.resync_task.cancel()
-    if op.scheduler is not None:
-        await op.scheduler.close()
-    await op.client.close()
+    op: controller.Controller = memo["operator"]
+    await op.stop()
 
 
 @kopf.on.login()
@@ -146,7 +85,7 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
             info = kopf.login_via_client(**kwargs)
     if info is None:
         return None
-    op: Operator = memo["operator"]
+    op: controller.Controller = memo["operator"]
 
     def text(value: Any) -> str | None:
         return None if value is None else os.fsdecode(value)
@@ -171,7 +110,7 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
     return info
 
 
-@kopf.index(model.API_GROUP, model.API_VERSION, model.PLURAL, id="cachedapis")
+@kopf.index(model.API_GROUP, model.API_VERSION, model.PLURAL, id=controller.OWNER_INDEX)
 async def index_cachedapi(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     return {(namespace or "default", name): _snapshot(body)}
 
@@ -195,18 +134,18 @@ def _register_child(kind: kube.Kind) -> None:
         if owner:
             memo["operator"].request((namespace, owner))
 
-    index_id = _CHILD_INDEX.format(plural=kind.plural)
+    index_id = controller.CHILD_INDEX.format(plural=kind.plural)
     kopf.index(group, version, kind.plural, labels=OWNED, id=index_id)(index_child)
     kopf.on.event(group, version, kind.plural, labels=OWNED, id=f"{kind.plural}-event")(on_child)
 
 
-for _kind in WATCHED:
+for _kind in controller.WATCHED:
     _register_child(_kind)
 
 
 def run(*, namespaces: list[str], liveness_endpoint: str | None, resync_seconds: float, retry_seconds: float) -> None:
     """Run the operator until it is told to stop (SIGINT/SIGTERM)."""
-    operator = Operator(resync_seconds=resync_seconds, retry_seconds=retry_seconds)
+    operator = controller.Controller(resync_seconds=resync_seconds, retry_seconds=retry_seconds)
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
