@@ -264,13 +264,15 @@ class CacheStore:
         # The retries ignore the circuit breaker on purpose: right after Redis restarts, the
         # first command on a pooled connection fails and opens the breaker, while readers on
         # fresh connections fill again; a write must not give up on its invalidation for that.
+        # A timeout, though, means Redis is not answering at all: retrying would only add
+        # another socket timeout to the write's latency.
         for delay in (0.0, 0.02, 0.08, None):
             try:
                 await self._call(lambda: self._invalidate_now(resource, item_id), force=True)
                 return True
-            except CacheUnavailable:
-                pass
-            if delay is None:
+            except CacheUnavailable as exc:
+                timed_out = isinstance(exc.__cause__, redis.exceptions.TimeoutError | asyncio.TimeoutError)
+            if delay is None or timed_out:
                 break
             await asyncio.sleep(delay)
         self._pending[(resource, item_id)] = None
