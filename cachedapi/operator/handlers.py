@@ -27,6 +27,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -77,12 +79,18 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
     info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
     token_path = SERVICE_ACCOUNT_TOKEN if info is not None else None
     if info is None:
+        fallback: Callable[..., kopf.ConnectionInfo | None]
         try:
             import kubernetes  # noqa: F401  (optional: understands exec plugins and auth providers)
         except ImportError:
-            info = kopf.login_with_kubeconfig(**kwargs)
+            fallback = kopf.login_with_kubeconfig
         else:
-            info = kopf.login_via_client(**kwargs)
+            fallback = kopf.login_via_client
+        try:
+            info = fallback(**kwargs)
+        except (kopf.LoginError, OSError, KeyError) as exc:
+            logger.error("no usable credentials: %s", exc)
+            info = None  # nothing to log in with: kopf stops the operator with a clear message
     if info is None:
         return None
     op: controller.Controller = memo["operator"]
@@ -143,13 +151,18 @@ for _kind in controller.WATCHED:
     _register_child(_kind)
 
 
-def run(*, namespaces: list[str], liveness_endpoint: str | None, resync_seconds: float, retry_seconds: float) -> None:
-    """Run the operator until it is told to stop (SIGINT/SIGTERM)."""
+def run(*, namespaces: list[str], liveness_endpoint: str | None, resync_seconds: float, retry_seconds: float) -> int:
+    """Run the operator until it is told to stop (SIGINT/SIGTERM); the exit status."""
     operator = controller.Controller(resync_seconds=resync_seconds, retry_seconds=retry_seconds)
-    kopf.run(
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=liveness_endpoint,
-        memo=kopf.Memo(operator=operator),
-    )
+    try:
+        kopf.run(
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=liveness_endpoint,
+            memo=kopf.Memo(operator=operator),
+        )
+    except kopf.LoginError as exc:
+        print(f"cachedapi operator: cannot reach a cluster: {exc}", file=sys.stderr)
+        return 1
+    return 0

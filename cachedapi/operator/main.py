@@ -44,13 +44,12 @@ def main(args: argparse.Namespace) -> int:
 
     namespaces = [ns.strip() for ns in os.environ.get("CACHEDAPI_NAMESPACES", "").split(",") if ns.strip()]
     liveness = os.environ.get("CACHEDAPI_LIVENESS_ENDPOINT", DEFAULT_LIVENESS) or None
-    handlers.run(
+    return handlers.run(
         namespaces=namespaces,
         liveness_endpoint=liveness,
         resync_seconds=_seconds(handlers.ENV_RESYNC_SECONDS, 60.0),
         retry_seconds=_seconds(handlers.ENV_RETRY_SECONDS, 10.0),
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -460,3 +463,22 @@ async def test_the_operator_answers_its_liveness_probe(tmp_path: Path) -> None:
                     return False
 
             await em.eventually(healthy)
+
+
+def test_without_a_cluster_the_operator_exits_with_a_message_not_a_hang(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(tmp_path / "absent"),
+        "CACHEDAPI_LIVENESS_ENDPOINT": "",
+        "HOME": str(tmp_path),  # no ~/.kube/config either
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "cachedapi", "operator"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "cachedapi operator: cannot reach a cluster" in done.stderr
