@@ -12,6 +12,10 @@ cacheable GET, the stored entry. Then, by the entry's age against its TTL:
 - absent or older: forwarded (``forwarding``); the api role fills the cache,
   never the gateway.
 
+An entry's age is Redis's clock (``TIME``, in the same script) minus the
+``stored_at_ms`` the api role wrote from its own clock: the two must agree
+to within a second or so, as NTP keeps them; a negative age counts as 0.
+
 When Redis cannot answer the request is forwarded with no limit and no
 cache (fail open) and no RateLimit fields, since no limit is known; the
 ``redis`` client's circuit breaker keeps that from costing a timeout each.

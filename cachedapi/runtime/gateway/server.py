@@ -1,8 +1,8 @@
 """Serving the gateway with granian, the HTTP server measured fastest for it.
 
-On this 2-core machine, the gateway's cache-hit path served about 30% more
+On this 2-core machine, the gateway's cache-hit path served 1.2-1.8x the
 requests per second under granian (its HTTP/1 parsing and socket work run in
-Rust, outside the GIL) than under uvicorn with uvloop and httptools, whose
+Rust, outside the GIL) as under uvicorn with uvloop and httptools, whose
 per-response header checks showed at the top of a profile (bench/README.md).
 ``CACHEDAPI_HTTP_SERVER=uvicorn`` keeps the other choice available, for
 comparison and as a fallback.
