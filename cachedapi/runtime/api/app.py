@@ -52,7 +52,9 @@ def _guard(endpoint: Endpoint, *, path: str) -> Endpoint:
             return protocol.database_unavailable().response()
         except db_mod.NotFound:
             params = request.path_params
-            return protocol.problem_response(404, f"no {params['resource']} item with id {params['id']!r}")
+            return protocol.problem_response(
+                404, f"no {params['resource']} item with id {protocol.shown(params['id'])}"
+            )
         except db_mod.Unstorable as exc:
             return protocol.problem_response(422, f"the database cannot store this body: {exc}")
         except db_mod.PreconditionFailed:

@@ -38,7 +38,7 @@ def decode_cursor(cursor: str) -> int:
         raw = b""
     seq = int.from_bytes(raw, "big")
     if len(raw) != 8 or seq >= 2**63 or encode_cursor(seq) != cursor:
-        raise protocol.Problem(400, f"cursor: {cursor!r} is not a cursor this API issued")
+        raise protocol.Problem(400, f"cursor: {protocol.shown(cursor)} is not a cursor this API issued")
     return seq
 
 
@@ -68,7 +68,7 @@ class Handlers:
     def _resource(self, request: Request) -> str:
         name: str = request.path_params["resource"]
         if name not in self._names:
-            raise protocol.Problem(404, f"no resource named {name!r}; this API serves: {self._known}")
+            raise protocol.Problem(404, f"no resource named {protocol.shown(name)}; this API serves: {self._known}")
         return name
 
     @staticmethod
@@ -101,7 +101,7 @@ class Handlers:
         return item_id
 
     def _missing(self, resource: str, item_id: str) -> str:
-        return f"no {resource} item with id {item_id!r}"
+        return f"no {resource} item with id {protocol.shown(item_id)}"
 
     # --- collection -------------------------------------------------------------------------
 
@@ -112,7 +112,8 @@ class Handlers:
         if raw_limit is not None:
             if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= contract.MAX_PAGE_LIMIT:
                 raise protocol.Problem(
-                    400, f"limit: must be an integer from 1 to {contract.MAX_PAGE_LIMIT}, got {raw_limit!r}"
+                    400,
+                    f"limit: must be an integer from 1 to {contract.MAX_PAGE_LIMIT}, got {protocol.shown(raw_limit)}",
                 )
             limit = int(raw_limit)
         cursor = request.query_params.get("cursor") or None
@@ -172,7 +173,7 @@ class Handlers:
         resource = self._resource(request)
         item_id = self._item_id(request)
         if not documents.valid_id(item_id):
-            raise protocol.Problem(400, f"id: {item_id!r} does not match {documents.ID_PATTERN}")
+            raise protocol.Problem(400, f"id: {protocol.shown(item_id)} does not match {documents.ID_PATTERN}")
         protocol.require_content_type(request, _JSON_TYPES)
         body = documents.body_object(await protocol.read_json(request, limit=self._limit))
         data = documents.strip_id(body, path_id=item_id)

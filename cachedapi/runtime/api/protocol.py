@@ -39,6 +39,11 @@ def problem_response(status: int, detail: str, *, headers: dict[str, str] | None
     )
 
 
+def shown(value: str, *, limit: int = 64) -> str:
+    """A client's value quoted for an error message, cut short so that a message stays small."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
 def database_unavailable() -> Problem:
     return Problem(503, "the database is unreachable; retry shortly", headers={"Retry-After": "2"})
 
