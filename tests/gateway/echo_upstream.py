@@ -8,6 +8,7 @@ hop-by-hop headers, which the gateway must not pass back. Run as
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -29,6 +30,8 @@ async def app(
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
         return
+    if scope["path"] == "/v1/orders/slow":
+        await asyncio.sleep(10)
     body = b""
     while True:
         message = await receive()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from cachedapi import contract, devstack, embedded, model
+from cachedapi.runtime.gateway import upstream
 from tests.gateway.conftest import API_KEY, extra_gateway
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
@@ -27,7 +29,8 @@ def echo_gateway(stack: devstack.Stack, bookstore_module: model.CachedApi) -> It
     )
     try:
         embedded.wait_for_port(port, proc=proc, timeout=20)
-        with extra_gateway(stack, bookstore_module, upstream=f"http://127.0.0.1:{port}") as role:
+        env = {upstream.ENV_READ_TIMEOUT: "1"}
+        with extra_gateway(stack, bookstore_module, upstream=f"http://127.0.0.1:{port}", env=env) as role:
             yield role
     finally:
         embedded.stop_process(proc)
@@ -110,3 +113,11 @@ def test_head_passes_the_upstreams_content_length(echo_gateway: devstack.Role) -
     assert resp.status_code == 200
     assert int(resp.headers["content-length"]) > 0
     assert resp.content == b""
+
+
+def test_an_upstream_too_slow_to_answer_gives_504_not_a_hang(echo_gateway: devstack.Role) -> None:
+    started = time.monotonic()
+    resp = _echo(echo_gateway, {}, path="/v1/orders/slow")
+    assert resp.status_code == 504
+    assert resp.headers["content-type"] == contract.PROBLEM_JSON
+    assert time.monotonic() - started < 8  # the upstream would take 10 s; the gateway waits 1 s

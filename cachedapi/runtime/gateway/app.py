@@ -59,7 +59,11 @@ class Gateway:
         self.redis = (
             redisconn.PipelinedRedis(redis_url, on_down=self._redis_down, on_up=self._redis_up) if redis_url else None
         )
-        self.upstream = upstream.Upstream(config.upstream_url, counts=self.metrics)
+        try:
+            read_timeout = float(environ.get(upstream.ENV_READ_TIMEOUT) or 15.0)
+        except ValueError:
+            raise ValueError(f"{upstream.ENV_READ_TIMEOUT}: not a number of seconds") from None
+        self.upstream = upstream.Upstream(config.upstream_url, counts=self.metrics, read_timeout=read_timeout)
         self.forwarder = forwarding.Forwarder(self.upstream, counts=self.counts, max_body=config.max_body_bytes)
         self.cache = caching.Cache(
             config,

@@ -24,6 +24,9 @@ from multidict import CIMultiDict
 
 from cachedapi.runtime.gateway import metrics
 
+#: Seconds to wait for the api role's answer (between bytes) before a 504; default 15.
+ENV_READ_TIMEOUT = "CACHEDAPI_UPSTREAM_TIMEOUT_SECONDS"
+
 HOP_BY_HOP = frozenset(
     {
         b"connection",
