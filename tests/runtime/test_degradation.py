@@ -12,6 +12,10 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 
+import httpx
+import psycopg
+from fastapi import FastAPI
+
 from cachedapi import embedded, model
 
 from .conftest import app_metric, runtime_config, serve
@@ -177,3 +181,27 @@ async def test_the_first_requests_after_a_postgres_restart_succeed(
         resp = await client.put("/v1/orders/o", json={"bookId": "b", "quantity": 2})
         assert resp.status_code == 200, resp.text
         assert (await client.get("/v1/orders/o")).json()["quantity"] == 2
+
+
+async def test_a_write_whose_commit_outcome_is_unknown_still_invalidates(
+    api: tuple[FastAPI, httpx.AsyncClient], database_url: str
+) -> None:
+    """The connection dies while COMMIT is in flight: 503, and no cache entry may hide what PostgreSQL holds."""
+    _, client = api
+    await client.put("/v1/books/dune", json=BOOK)
+    await client.get("/v1/books/dune")
+    assert (await client.get("/v1/books/dune")).headers["x-cache"] == "HIT"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$"
+        )
+        conn.execute(
+            "CREATE CONSTRAINT TRIGGER die_at_commit AFTER UPDATE ON r_books "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION die()"
+        )
+    resp = await client.patch("/v1/books/dune", json={"year": 1965})
+    assert resp.status_code == 503
+    assert resp.headers["content-type"] == "application/problem+json"
+    read = await client.get("/v1/books/dune")
+    assert read.status_code == 200 and read.headers["x-cache"] == "MISS"  # the entry was invalidated

@@ -44,6 +44,10 @@ class DatabaseUnavailable(Exception):
     """PostgreSQL cannot be reached (or did not answer in time)."""
 
 
+class OutcomeUnknown(DatabaseUnavailable):
+    """The connection broke after COMMIT was sent: the write may or may not have committed."""
+
+
 class NotFound(Exception):
     """No item with that id."""
 
@@ -197,7 +201,9 @@ class Database:
                 diag = exc.diag
                 raise Unstorable(" ".join(filter(None, [diag.message_primary, diag.message_detail]))) from None
             except DatabaseUnavailable as exc:
-                if attempt == 2 or committing or not isinstance(exc.__cause__, psycopg.OperationalError):
+                if committing:
+                    raise OutcomeUnknown(str(exc)) from exc
+                if attempt == 2 or not isinstance(exc.__cause__, psycopg.OperationalError):
                     raise
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._pool.check(), timeout=self._timeout)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -23,6 +24,7 @@ from cachedapi.runtime import cache
 from cachedapi.runtime.api import db as db_mod
 from cachedapi.runtime.api import documents, protocol, reads, tables
 
+T = TypeVar("T")
 _JSON_TYPES = (contract.JSON,)
 _PATCH_TYPES = (protocol.MERGE_PATCH, contract.JSON)
 
@@ -96,6 +98,15 @@ class Handlers:
         if self._store is not None:
             await self._store.invalidate(resource, item_id)
 
+    async def _unknown_invalidates(self, write: Awaitable[T], *, resource: str, item_id: str | None) -> T:
+        """Run a write; if its outcome is unknown (connection lost after COMMIT was sent), it may
+        have committed, so invalidate anyway before the client gets its 503."""
+        try:
+            return await write
+        except db_mod.OutcomeUnknown:
+            await self._invalidate(resource, item_id)
+            raise
+
     def _item_id(self, request: Request) -> str:
         item_id: str = request.path_params["id"]
         return item_id
@@ -140,7 +151,9 @@ class Handlers:
         body = documents.body_object(await protocol.read_json(request, limit=self._limit))
         data = documents.strip_id(body, path_id=None)
         self._validators.check(resource, data)
-        row = await self._db.insert(resource, str(uuid.uuid4()), data=data)
+        row = await self._unknown_invalidates(
+            self._db.insert(resource, str(uuid.uuid4()), data=data), resource=resource, item_id=None
+        )
         await self._invalidate(resource, None)
         return self._written(resource, row, status=201)
 
@@ -179,9 +192,10 @@ class Handlers:
         data = documents.strip_id(body, path_id=item_id)
         self._validators.check(resource, data)
         pre = protocol.Preconditions(request)
-        row = await self._db.replace(
+        write = self._db.replace(
             resource, item_id, compute=lambda _: data, precondition=pre if pre.any else None, create=True
         )
+        row = await self._unknown_invalidates(write, resource=resource, item_id=item_id)
         await self._invalidate(resource, item_id)
         return self._written(resource, row, status=201 if row.created else 200)
 
@@ -202,9 +216,10 @@ class Handlers:
             self._validators.check(resource, merged)
             return merged
 
-        row = await self._db.replace(
+        write = self._db.replace(
             resource, item_id, compute=compute, precondition=pre if pre.any else None, create=False
         )
+        row = await self._unknown_invalidates(write, resource=resource, item_id=item_id)
         await self._invalidate(resource, item_id)
         return self._written(resource, row, status=200)
 
@@ -214,6 +229,10 @@ class Handlers:
         if not documents.valid_id(item_id):
             raise protocol.Problem(404, self._missing(resource, item_id))
         pre = protocol.Preconditions(request)
-        await self._db.delete(resource, item_id, precondition=pre if pre.any else None)
+        await self._unknown_invalidates(
+            self._db.delete(resource, item_id, precondition=pre if pre.any else None),
+            resource=resource,
+            item_id=item_id,
+        )
         await self._invalidate(resource, item_id)
         return Response(status_code=204)
