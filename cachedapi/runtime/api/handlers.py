@@ -2,7 +2,9 @@
 
 A write commits in PostgreSQL, then invalidates in Redis, then answers; an
 invalidation that cannot reach Redis is queued by the cache store and the
-write is still acknowledged (it committed). Reads go through ``reads.Reader``.
+write is still acknowledged (it committed). A write whose COMMIT outcome is
+unknown (the connection broke after COMMIT was sent) answers 503 but still
+invalidates, since it may have committed. Reads go through ``reads.Reader``.
 List pages use keyset pagination on ``seq``: the cursor is the last ``seq``
 of a page (opaque, base64url), so items inserted meanwhile never shift a page.
 """
