@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ def echo_gateway(stack: devstack.Stack, bookstore_module: model.CachedApi) -> It
         with extra_gateway(stack, bookstore_module, upstream=f"http://127.0.0.1:{port}", env=env) as role:
             yield role
     finally:
-        embedded.stop_process(proc)
+        embedded.stop_process(proc, sig=signal.SIGKILL)  # a slow request may still be sleeping
 
 
 def _echo(
