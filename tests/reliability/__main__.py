@@ -18,15 +18,19 @@ def main() -> None:
         outcome = scenario(args.seconds)
         rows.append({"scenario": outcome.name, "seconds": args.seconds, **outcome.figures})
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| scenario | reads by status | writes by status | acked / lost writes | acked / lost inserts "
-          "| stale reads | stale cache entries | slowest write |")
+    print(
+        "\n| scenario | reads by status | writes by status | acked / lost writes | acked / lost inserts "
+        "| stale reads | stale cache entries | slowest write |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         reads = ", ".join(f"{k}: {v}" for k, v in r["reads"].items())
         writes = ", ".join(f"{k}: {v}" for k, v in r["writes"].items())
-        print(f"| {r['scenario']} | {reads} | {writes} | {r['acked_writes']} / {r['lost_writes']} "
-              f"| {r['acked_creates']} / {r['lost_creates']} | {r['stale_reads']} | {r['stale_cache_entries']} "
-              f"| {r['max_write_seconds']} s |")
+        print(
+            f"| {r['scenario']} | {reads} | {writes} | {r['acked_writes']} / {r['lost_writes']} "
+            f"| {r['acked_creates']} / {r['lost_creates']} | {r['stale_reads']} | {r['stale_cache_entries']} "
+            f"| {r['max_write_seconds']} s |"
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(rows, fh, indent=2)
