@@ -145,13 +145,13 @@ class Jwt(Authenticator):
             text = token.decode("ascii")
             if self._jwks is None:
                 assert self._secret is not None
-                claims = self._decode(text, self._secret, "HS256")
+                claims = self._decode(text, key=self._secret, algorithm="HS256")
             else:
                 kid = jwt.get_unverified_header(text).get("kid")
                 found = self._jwks.key(kid)
                 if found is None:
                     return Denied(f"invalid token: unknown key id {kid!r}", token_given=True, unknown_kid=True)
-                claims = self._decode(text, found.key, found.algorithm_name)
+                claims = self._decode(text, key=found.key, algorithm=found.algorithm_name)
         except (jwt.PyJWTError, UnicodeDecodeError, ValueError) as exc:
             return Denied(f"invalid token: {exc}", token_given=True)
         subject = claims.get("sub")
@@ -161,7 +161,7 @@ class Jwt(Authenticator):
         self._verified[token] = (label, float(claims["exp"]))
         return label
 
-    def _decode(self, text: str, key: Any, algorithm: str) -> dict[str, Any]:
+    def _decode(self, text: str, *, key: Any, algorithm: str) -> dict[str, Any]:
         claims: dict[str, Any] = jwt.decode(
             text,
             key,

@@ -148,9 +148,9 @@ class Cache:
         if lookup is None:
             command = script.only_limit(rate_key, self.rate)
         elif lookup.is_list:
-            command = script.lookup(rate_key, lookup.key, self.rate.list_tail(lookup.page_prefix, lookup.query))
+            command = script.lookup(rate_key, lookup.key, tail=self.rate.list_tail(lookup.page_prefix, lookup.query))
         else:
-            command = script.lookup(rate_key, lookup.key, self.rate.item_tail)
+            command = script.lookup(rate_key, lookup.key, tail=self.rate.item_tail)
         reply = await self._eval(command)
         if reply is None:
             await self.forwarder.forward(scope, receive, send, request_id=request_id, headers=[])

@@ -112,7 +112,7 @@ def only_limit(rate_key: bytes, params: RateParams) -> bytes:
     return _HEAD + rate_key + params.only_limit_tail
 
 
-def lookup(rate_key: bytes, lookup_key: bytes, tail: bytes) -> bytes:
+def lookup(rate_key: bytes, lookup_key: bytes, *, tail: bytes) -> bytes:
     """EVALSHA in RESP that counts the request and reads ``lookup_key`` (``tail``: the mode's arguments)."""
     return b"%b%b$%d\r\n%b\r\n%b" % (_HEAD, rate_key, len(lookup_key), lookup_key, tail)
 
