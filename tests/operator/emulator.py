@@ -5,6 +5,11 @@ they do it: no generation or resourceVersion bookkeeping, no status
 subresource split, no garbage collection, no workload controllers. The
 operator is ``cachedapi operator`` in a subprocess with a kubeconfig naming
 the emulator, stopped by its pid whatever happens.
+
+The emulator logs every request with the RBAC verb and resource it needs and
+the answer it got (``Seen``), and can answer the operator's requests with
+errors instead (``Fault``): an API server that is overloaded, failing, or
+whose reply was lost after it stored the write.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -21,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import attrs
 import kmock
 import yaml
@@ -52,18 +59,100 @@ PLURALS = {kind: path.rsplit("/", 1)[1] for path, kind in BUILTINS}
 PATHS = {kind: path for path, kind in BUILTINS}
 
 
-@attrs.frozen
+@attrs.define
 class Seen:
-    """One request as the emulator saw it."""
+    """One request as the emulator saw it, and the status it answered (0 while a watch streams)."""
 
     method: str
     path: str
     user_agent: str
     at: float
+    #: The RBAC verb it needs (get, list, watch, create, patch, update, delete), "" for discovery.
+    verb: str = ""
+    #: ``group/plural[/subresource]`` as RBAC names it (``""`` group for the core API), "" for discovery.
+    resource: str = ""
+    #: The object's name: from the path, or from the body of a create.
+    name: str = ""
+    status: int = 0
+    #: True when the answer was a fault injected by the test, not the emulator's own.
+    injected: bool = False
+    #: True when the emulator stored the write (whatever answer the client then got).
+    committed: bool = False
 
     @property
     def by_test(self) -> bool:
         return self.user_agent.startswith("kmock/")  # the test's own client; anything else is the operator
+
+
+@attrs.define(kw_only=True)
+class Fault:
+    """Answer ``status`` instead of the emulator's own answer to some of the operator's requests.
+
+    ``rate`` is the share of matching requests that fail (drawn from a seeded generator, so a run
+    repeats), ``limit`` the most that fail (None: no bound). With ``after_write`` the write is
+    stored first and only its answer is replaced: the reply lost on the way back, after the
+    server committed (the case that makes a create meet 409 on its retry).
+    """
+
+    status: int
+    methods: frozenset[str] = frozenset({"POST", "PATCH", "DELETE"})
+    rate: float = 1.0
+    limit: int | None = None
+    after_write: bool = False
+    retry_after: int | None = None
+    seed: int = 5
+    fired: int = 0
+    _random: random.Random = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    def fires(self, method: str) -> bool:
+        if method not in self.methods or (self.limit is not None and self.fired >= self.limit):
+            return False
+        if self._random.random() >= self.rate:
+            return False
+        self.fired += 1
+        return True
+
+    def response(self) -> aiohttp.web.StreamResponse:
+        reasons = {409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Status",
+            "metadata": {},
+            "status": "Failure",
+            "code": self.status,
+            "reason": reasons.get(self.status, "InternalError"),
+            "message": f"injected by the test: {self.status}",
+        }
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+        return aiohttp.web.json_response(body, status=self.status, headers=headers)
+
+
+_VERBS = {
+    kmock.action.LIST: "list",
+    kmock.action.WATCH: "watch",
+    kmock.action.FETCH: "get",
+    kmock.action.CREATE: "create",
+    kmock.action.DELETE: "delete",
+}
+
+
+def _rbac(request: Any) -> tuple[str, str, str]:
+    """(verb, group/plural[/subresource], name) of a request, as RBAC would check it."""
+    if request.resource is None or request.action is None:
+        return "", "", ""
+    verb = _VERBS.get(request.action, "")
+    if request.action == kmock.action.UPDATE:
+        verb = "patch" if str(request.method.value) == "PATCH" else "update"
+    resource = f"{request.resource.group or ''}/{request.resource.plural}"
+    if request.subresource:
+        resource += f"/{request.subresource}"
+    name = request.name or ""
+    if not name and isinstance(request.data, dict):
+        name = str((request.data.get("metadata") or {}).get("name") or "")
+    return verb, resource, name
 
 
 @attrs.define(kw_only=True)
@@ -78,12 +167,39 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
     """
 
     log: list[Seen] = attrs.field(factory=list)
+    #: Faults to inject into the operator's requests (never the test's own), tried in order.
+    faults: list[Fault] = attrs.field(factory=list)
 
     async def _handle(self, request: Any) -> Any:
-        self.log.append(
-            Seen(str(request.method.value), request.url.path, request.headers.get("User-Agent", ""), time.monotonic())
+        verb, resource, name = _rbac(request)
+        seen = Seen(
+            str(request.method.value),
+            request.url.path,
+            request.headers.get("User-Agent", ""),
+            time.monotonic(),
+            verb=verb,
+            resource=resource,
+            name=name,
         )
+        self.log.append(seen)
         del self._requests[:-1]
+        fault = None if seen.by_test else next((f for f in self.faults if f.fires(seen.method)), None)
+        if fault is not None and not fault.after_write:
+            seen.status, seen.injected = fault.status, True
+            return fault.response()
+        try:
+            response = await self._bookkept(request)
+        except kmock.KubernetesError as exc:
+            seen.status = exc.status
+            raise
+        seen.status = response.status
+        seen.committed = seen.method in WRITES and response.status < 400
+        if fault is not None:
+            seen.status, seen.injected = fault.status, True
+            return fault.response()
+        return response
+
+    async def _bookkept(self, request: Any) -> Any:
         action = request.action
         data = request.data if isinstance(request.data, dict) else None
         if request.resource is not None and data is not None and request.subresource is None:
