@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from cachedapi import contract
 from cachedapi.runtime import cache
@@ -145,6 +146,17 @@ def create_app(config: contract.RuntimeConfig, environ: Mapping[str, str]) -> Fa
             detail = f"no route for {request.url.path}"
         elif exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}"
+            # One route per method, so Starlette's Allow names only the first route's methods:
+            # name every method that some route of this path takes.
+            allowed = sorted(
+                {
+                    method
+                    for route in app.router.routes
+                    if isinstance(route, Route) and route.matches(request.scope)[0] == Match.PARTIAL
+                    for method in route.methods or ()
+                }
+            )
+            return protocol.problem_response(405, detail, headers={"Allow": ", ".join(allowed)})
         else:
             detail = str(exc.detail)
         return protocol.problem_response(exc.status_code, detail, headers=dict(exc.headers or {}))

@@ -208,8 +208,11 @@ class Handlers:
             raise protocol.Problem(404, self._missing(resource, item_id))
         protocol.require_content_type(request, _PATCH_TYPES)
         patch = await protocol.read_json(request, limit=self._limit)
-        if isinstance(patch, dict):
-            patch = documents.strip_id(patch, path_id=item_id)
+        if not isinstance(patch, dict):
+            # RFC 7396: a non-object patch replaces the whole target, and an item is an object.
+            # Said before the preconditions are checked, so a bad body is a 422 whatever If-Match holds.
+            raise documents.Invalid([{"pointer": "", "detail": "a merge patch of an item must be a JSON object"}])
+        patch = documents.strip_id(patch, path_id=item_id)
         pre = protocol.Preconditions(request)
 
         def compute(current: tables.Row | None) -> dict[str, Any]:

@@ -45,7 +45,15 @@ _REASONS = {
     422: "The body breaks the resource's schema; detail and errors name each field",
     500: "Unexpected error",
     503: "The database is unreachable",
+    # Answered by the gateway, which is where clients reach this API:
+    401: "Missing or invalid credentials (gateway)",
+    429: "Over the rate limit (gateway); Retry-After says when to retry",
+    431: "Too many or too large request headers",
+    502: "The api role is unreachable (gateway)",
+    504: "The api role did not answer in time (gateway)",
 }
+#: What every /v1 operation can meet on its way through the gateway.
+_GATEWAY_CODES = (401, 429, 431, 502, 504)
 _HEADER = {"schema": {"type": "string"}}
 _CACHE_HEADERS = {
     "ETag": {"description": "Strong entity tag", **_HEADER},
@@ -85,7 +93,7 @@ def _rebase(schema: Any, base: str) -> Any:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    return {str(c): _ref("responses", f"E{c}") for c in (*codes, 500)}
+    return {str(c): _ref("responses", f"E{c}") for c in sorted({*codes, *_GATEWAY_CODES, 500})}
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -214,9 +222,34 @@ def build(config: contract.RuntimeConfig) -> dict[str, Any]:
         f"E{code}": {"description": text, "content": problem} for code, text in _REASONS.items() if code != 304
     }
     responses["E503"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
-    return {
+    responses["E429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+    responses["E401"]["headers"] = {"WWW-Authenticate": _HEADER}
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": f"{config.name} API", "version": "v1", "description": "Served by the CachedApi api role."},
         "paths": paths,
-        "components": {"schemas": schemas, "responses": responses, "parameters": _PARAMETERS},
+        "components": {
+            "schemas": schemas,
+            "responses": responses,
+            "parameters": _PARAMETERS,
+            "securitySchemes": _SECURITY_SCHEMES,
+        },
     }
+    security = _SECURITY.get(config.auth_mode)
+    if security:
+        for path, operations in paths.items():
+            if path.startswith("/v1/"):
+                for operation in operations.values():
+                    operation["security"] = security
+    return document
+
+
+_SECURITY_SCHEMES = {
+    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "apiKeyBearer": {"type": "http", "scheme": "bearer", "description": "The API key as a bearer token"},
+    "jwt": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+}
+_SECURITY: dict[str, list[dict[str, list[str]]]] = {
+    "apiKey": [{"apiKeyHeader": []}, {"apiKeyBearer": []}],
+    "jwt": [{"jwt": []}],
+}

@@ -48,6 +48,10 @@ log = logging.getLogger("cachedapi.gateway")
 FORWARDED_PATHS = ("/openapi.json", "/docs", "/redoc")
 
 
+#: The gateway's own endpoints; they answer GET and HEAD only.
+_OWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 class Gateway:
     def __init__(self, config: contract.RuntimeConfig, environ: Mapping[str, str]) -> None:
         self.config = config
@@ -161,7 +165,11 @@ class Gateway:
         await answers.send_problem(send, 401, detail=denied.detail, headers=headers)
 
     async def _other(self, path: str, scope: Scope, *, receive: Receive, send: Send) -> None:
-        if path == "/healthz":
+        if path in _OWN_PATHS and scope["method"] not in ("GET", "HEAD"):
+            await answers.send_problem(
+                send, 405, detail=f"{scope['method']} is not allowed on {path}", headers=[(b"allow", b"GET, HEAD")]
+            )
+        elif path == "/healthz":
             await answers.send_answer(send, 200, headers=[(b"content-type", answers.JSON_TYPE)], body=b'{"ok":true}')
         elif path == "/readyz":
             body = orjson.dumps(
