@@ -20,12 +20,17 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 _live: set[_Server] = set()
+
+# pgserver's import asks platformdirs for a runtime directory it never uses here; on a machine
+# without XDG_RUNTIME_DIR that prints a warning every user would see on every start.
+warnings.filterwarnings("ignore", message=r"XDG_RUNTIME_DIR is not set")
 
 
 def free_port() -> int:
@@ -227,7 +232,7 @@ class PostgresServer(_Server):
             "-p", str(self.port),
             "-k", str(self.data_dir),
             "-c", "listen_addresses=127.0.0.1",
-            "-c", "fsync=off",
+            "-c", "fsync=off",  # a crashed server loses nothing (the OS has the pages); a crashed OS would
             "-c", "max_connections=200",
         ]  # fmt: skip
 
