@@ -1,9 +1,10 @@
 """The servers measured side by side: each a real process, started and stopped by pid.
 
 A contender knows how to start against the shared ``World`` (PostgreSQL,
-Redis, the api role, one stored item) and which URL and headers a scenario
-sends. Adding one is a class with ``start``, ``target`` and ``stop`` and a
-line in ``CONTENDERS``.
+Redis, the api role, the seeded items of ``data``) and what wrk sends it in
+each scenario (``target``; None when it takes no part: nginx has no miss
+path). Adding one is a class with ``start``, ``target`` and ``stop`` and a
+line in ``available``.
 """
 
 from __future__ import annotations
@@ -18,44 +19,90 @@ from pathlib import Path
 
 import httpx
 
+from bench import data, wrk
 from cachedapi import contract, devstack, embedded, model
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"
+BOOKS = "/v1/books/"
 
 
 class World:
-    """What every contender serves from: one stack (api role, PostgreSQL, Redis) and one item."""
+    """What every contender serves from: one stack (api role, PostgreSQL, Redis) and the seeded items."""
 
-    def __init__(self, api: model.CachedApi) -> None:
+    def __init__(self, api: model.CachedApi, *, miss_items: int, mix_items: int) -> None:
         self.api = api
         self.stack = devstack.Stack(api, api_key=API_KEY, gateway_instances=0)
-        self.item_id = ""
-        self.item_body = b""
+        self.miss_items = miss_items
+        self.mix_items = mix_items
+        self.seeded: data.Seeded | None = None
+        #: item id -> the api role's answer body, which nginx serves from files.
+        self.bodies: dict[str, bytes] = {}
+
+    @property
+    def database_url(self) -> str:
+        return self.stack.apis[0].env[contract.ENV_DATABASE_URL]
+
+    @property
+    def items(self) -> data.Seeded:
+        assert self.seeded is not None, "World.start() first"
+        return self.seeded
 
     def start(self) -> None:
         self.stack.start()
+        self.seeded = data.seed(
+            self.database_url, workdir=self.stack.workdir, miss_items=self.miss_items, mix_items=self.mix_items
+        )
         api_url = self.stack.apis[0].url
-        book = {"title": "Dune", "author": "Frank Herbert", "year": 1965, "price": 9.99, "tags": ["sf", "classic"]}
-        created = httpx.post(f"{api_url}/v1/books", json=book, timeout=10)
-        created.raise_for_status()
-        self.item_id = created.json()["id"]
-        self.item_body = httpx.get(f"{api_url}/v1/books/{self.item_id}", timeout=10).content
+        for item_id in (self.seeded.small_id, self.seeded.large_id):
+            self.bodies[item_id] = httpx.get(f"{api_url}{BOOKS}{item_id}", timeout=10).content
 
     def stop(self) -> None:
         self.stack.stop()
+
+
+def item_for(world: World, scenario: str) -> str:
+    """The one item a single-URL scenario reads."""
+    return world.items.large_id if scenario == "large" else world.items.small_id
+
+
+def standard_target(world: World, scenario: str, *, base: str, headers: dict[str, str], cursor: int) -> wrk.Target:
+    """What every server with the API's paths gets in ``scenario``."""
+    if scenario == "miss":
+        args = (str(world.items.miss_ids), str(cursor), BOOKS)
+        return wrk.Target(base + BOOKS, headers, script="miss.lua", args=args)
+    if scenario == "mix":
+        return wrk.Target(base + BOOKS, headers, script="mix.lua", args=(str(world.items.mix_ids), BOOKS, "5"))
+    return wrk.Target(f"{base}{BOOKS}{item_for(world, scenario)}", headers)
 
 
 class Contender:
     name = ""
     #: A response header the warm-up checks, so that a miss is never measured as a hit.
     expect: tuple[str, str] | None = None
+    #: The scenarios it takes part in.
+    scenarios: frozenset[str] = frozenset({"hit", "large", "miss", "mix", "stampede"})
+
+    def __init__(self) -> None:
+        #: How many cold ids (``data.Seeded.miss_ids``) its runs have used: each is read once.
+        self.cursor = 0
 
     def start(self, world: World) -> None:
         raise NotImplementedError
 
-    def target(self, world: World, scenario: str) -> tuple[str, dict[str, str]]:
+    @property
+    def base(self) -> str:
+        """``http://127.0.0.1:PORT``."""
         raise NotImplementedError
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def target(self, world: World, scenario: str) -> wrk.Target | None:
+        if scenario not in self.scenarios:
+            return None
+        return standard_target(world, scenario, base=self.base, headers=self.headers, cursor=self.cursor)
 
     def stop(self) -> None:
         raise NotImplementedError
@@ -102,6 +149,7 @@ class Gateway(Contender):
     expect = ("x-cache", "HIT")
 
     def __init__(self, server: str, *, env: dict[str, str] | None = None, label: str = "") -> None:
+        super().__init__()
         self.server = server
         self.extra_env = env or {}
         self.name = f"cachedapi gateway ({server}{label})"
@@ -120,9 +168,14 @@ class Gateway(Contender):
         )
         self.role.start()
 
-    def target(self, world: World, scenario: str) -> tuple[str, dict[str, str]]:
+    @property
+    def base(self) -> str:
         assert self.role is not None
-        return f"{self.role.url}/v1/books/{world.item_id}", {"X-API-Key": API_KEY}
+        return self.role.url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": API_KEY}
 
     def stop(self) -> None:
         if self.role is not None:
@@ -134,6 +187,7 @@ class Gateway(Contender):
 
 class _Process(Contender):
     def __init__(self) -> None:
+        super().__init__()
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -154,6 +208,10 @@ class _Process(Contender):
             self.stop()
             raise
 
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def stop(self) -> None:
         if self.proc is not None:
             embedded.stop_process(self.proc)
@@ -166,21 +224,32 @@ class FastApiCache2(_Process):
     """FastAPI + fastapi-cache2 on the same Redis and PostgreSQL (bench/peers)."""
 
     name = "FastAPI + fastapi-cache2"
+    expect = ("x-fastapi-cache", "HIT")
 
     def start(self, world: World) -> None:
         self.port = embedded.free_port()
-        url = world.stack.apis[0].env[contract.ENV_DATABASE_URL]
-        command = [sys.executable, "-m", "bench.peers.fastapi_cache2_peer", str(self.port), url, world.stack.redis.url]
+        url, redis_url = world.database_url, world.stack.redis.url
+        command = [sys.executable, "-m", "bench.peers.fastapi_cache2_peer", str(self.port), url, redis_url]
         self._spawn(command, log=world.stack.workdir / "bench-fastapi-cache2.log")
 
-    def target(self, world: World, scenario: str) -> tuple[str, dict[str, str]]:
-        return f"http://127.0.0.1:{self.port}/v1/books/{world.item_id}", {}
+
+class Plain(_Process):
+    """Plain FastAPI + psycopg, no cache (bench/peers): the miss path's reference."""
+
+    name = "FastAPI + psycopg (no cache)"
+    scenarios = frozenset({"miss", "mix", "stampede"})
+
+    def start(self, world: World) -> None:
+        self.port = embedded.free_port()
+        command = [sys.executable, "-m", "bench.peers.plain_peer", str(self.port), world.database_url]
+        self._spawn(command, log=world.stack.workdir / "bench-plain.log")
 
 
 class Nginx(_Process):
     """nginx serving the same body bytes from a file: the ceiling of this machine."""
 
     name = "nginx (static file)"
+    scenarios = frozenset({"hit", "large"})
 
     def __init__(self) -> None:
         super().__init__()
@@ -189,7 +258,11 @@ class Nginx(_Process):
     def start(self, world: World) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="cachedapi-bench-nginx-"))
         self.dir.chmod(0o755)
-        (self.dir / "item.json").write_bytes(world.item_body)
+        items = self.dir / "items"
+        items.mkdir()
+        items.chmod(0o755)
+        for item_id, body in world.bodies.items():
+            (items / item_id).write_bytes(body)
         self.port = embedded.free_port()
         conf = self.dir / "nginx.conf"
         conf.write_text(
@@ -212,8 +285,7 @@ http {{
         listen 127.0.0.1:{self.port};
         location /v1/books/ {{
             default_type application/json;
-            root {self.dir};
-            rewrite ^ /item.json break;
+            alias {items}/;
         }}
     }}
 }}
@@ -221,9 +293,6 @@ http {{
             encoding="utf-8",
         )
         self._spawn(["nginx", "-c", str(conf), "-p", str(self.dir)], log=self.dir / "stdout.log")
-
-    def target(self, world: World, scenario: str) -> tuple[str, dict[str, str]]:
-        return f"http://127.0.0.1:{self.port}/v1/books/{world.item_id}", {}
 
     def stop(self) -> None:
         super().stop()
@@ -241,8 +310,8 @@ def available() -> dict[str, Contender]:
     """Every contender this machine can run, by a short name."""
     found: dict[str, Contender] = {
         "gateway": Gateway("granian"),
-        "gateway-uvicorn": Gateway("uvicorn"),
         "fastapi-cache2": FastApiCache2(),
+        "plain": Plain(),
     }
     if shutil.which("nginx"):
         found["nginx"] = Nginx()
@@ -250,8 +319,10 @@ def available() -> dict[str, Contender]:
 
 
 def variant(name: str) -> Contender | None:
-    """Contenders made from their name, run only when named: ``gateway-bp<N>`` is the gateway
-    under granian with backpressure N (``server.ENV_BACKPRESSURE``), for choosing its default."""
+    """Contenders made from their name, run only when named: ``gateway-uvicorn`` is the gateway under
+    uvicorn; ``gateway-bp<N>`` under granian with backpressure N (``server.ENV_BACKPRESSURE``)."""
+    if name == "gateway-uvicorn":
+        return Gateway("uvicorn")
     match = re.fullmatch(r"gateway-bp(\d+)", name)
     if match is None:
         return None
@@ -260,8 +331,11 @@ def variant(name: str) -> Contender | None:
 
 
 def warm(contender: Contender, world: World, scenario: str) -> None:
-    """Fill the caches and check that the contender answers what it should."""
-    url, headers = contender.target(world, scenario)
+    """Fill the caches and check that the contender answers what it should (single-URL scenarios)."""
+    target = contender.target(world, scenario)
+    if target is None or target.script:
+        return
+    url, headers = target.url, target.headers
     deadline = time.monotonic() + 10
     last = None
     while time.monotonic() < deadline:

@@ -1,13 +1,14 @@
 """The benchmark: the gateway against its peers, side by side in one run, on this machine.
 
 ``python -m bench.run`` starts PostgreSQL, Redis and the api role (one stack),
-stores one item, starts each contender (``contenders.available``), warms it
-up, then runs ``wrk -t1 -c50`` against each in turn for several rounds, the
-order rotated each round so that no contender always runs first. It records
-the median requests per second and latency percentiles per contender in
-``bench/results.json`` and prints a markdown table with the ratios that
-design.md section 7 asks for. Scenarios (``SCENARIOS``) and contenders are
-tables, so that a later scenario (misses, mixes, stampede) is a new entry.
+seeds the same items for everyone (``data``), starts each contender
+(``contenders.available``) and, scenario by scenario (``SCENARIOS``), warms
+each up and runs ``wrk -t1 -c50`` against each in turn for several rounds,
+the order rotated each round so that no contender always runs first. Then the
+stampede: 200 simultaneous requests for one cold key per contender, counted at
+PostgreSQL (``stampede``). It writes ``bench/results.json`` (every round),
+``bench/results.md`` (the table, also printed) and ``bench/results.png``.
+Every process it starts is stopped by pid, whatever happens.
 """
 
 from __future__ import annotations
@@ -22,18 +23,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import contenders, wrk
+from bench import contenders, report, stampede, wrk
 from cachedapi import model
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results.json"
+OUT = ROOT / "bench"
 
-#: Scenario name -> what it measures (the contenders' ``target`` gives the URL).
+#: Scenario name -> what it measures.
 SCENARIOS = {
-    "hit": "GET of one cached item; the gateway checks an API key and the rate limit on every request",
+    "hit": "GET of one cached 280-byte item; the gateway checks an API key and the rate limit on every request",
+    "large": "GET of one cached 50 KB item",
+    "miss": "GETs of cold items, each read once (gateway -> api -> PostgreSQL -> cache fill)",
+    "mix": "GETs of 1,000 hot items with 5% PUTs of them (through the gateway: each PUT invalidates)",
 }
-PEER = "fastapi-cache2"
-REFERENCE = "nginx"
+STAMPEDE = "200 simultaneous GETs of one cold item; the database reads PostgreSQL counted"
 
 
 def bench_api() -> model.CachedApi:
@@ -48,74 +51,89 @@ def bench_api() -> model.CachedApi:
 
 
 def _median(runs: list[wrk.Run]) -> dict[str, float]:
-    return {
+    out = {
         key: round(statistics.median(getattr(r, key) for r in runs), 3) for key in ("rps", "p50_ms", "p90_ms", "p99_ms")
     }
+    out["rps_min"] = min(r.rps for r in runs)
+    out["rps_max"] = max(r.rps for r in runs)
+    return out
+
+
+def _drive(contender: contenders.Contender, target: wrk.Target, *, seconds: int, connections: int) -> wrk.Run:
+    result = wrk.run(target, seconds=seconds, connections=connections)
+    if target.script == "miss.lua":
+        contender.cursor += result.requests + connections  # the ones still in flight at the end too
+    return result
 
 
 def measure(
     world: contenders.World, chosen: dict[str, contenders.Contender], *, args: argparse.Namespace
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    names = list(chosen)
     for scenario, what in SCENARIOS.items():
-        for contender in chosen.values():
+        taking_part = {n: c for n, c in chosen.items() if c.target(world, scenario) is not None}
+        if not taking_part:
+            continue
+        names = list(taking_part)
+        for contender in taking_part.values():
             contenders.warm(contender, world, scenario)
-            url, headers = contender.target(world, scenario)
-            wrk.run(url, headers=headers, seconds=args.warmup, connections=args.connections)
+            target = contender.target(world, scenario)
+            assert target is not None
+            _drive(contender, target, seconds=args.warmup, connections=args.connections)
         runs: dict[str, list[wrk.Run]] = {name: [] for name in names}
         for round_no in range(args.rounds):
             order = names[round_no % len(names) :] + names[: round_no % len(names)]
             for name in order:
-                url, headers = chosen[name].target(world, scenario)
-                result = wrk.run(url, headers=headers, seconds=args.duration, connections=args.connections)
+                target = taking_part[name].target(world, scenario)
+                assert target is not None
+                result = _drive(taking_part[name], target, seconds=args.duration, connections=args.connections)
                 runs[name].append(result)
-                print(f"  {scenario} round {round_no + 1} {name}: {result.rps:,.0f} req/s p99 {result.p99_ms} ms")
+                bad = f" ({result.non_2xx_3xx} non-2xx, {result.socket_errors} socket errors)" if (
+                    result.non_2xx_3xx or result.socket_errors
+                ) else ""  # fmt: skip
+                print(
+                    f"  {scenario} round {round_no + 1} {name}: {result.rps:,.0f} req/s "
+                    f"p50 {result.p50_ms} ms p99 {result.p99_ms} ms{bad}",
+                    flush=True,
+                )
         medians = {name: _median(r) for name, r in runs.items()}
-        ratios = {}
-        for base in (PEER, REFERENCE):
+        ratios: dict[str, dict[str, float]] = {}
+        for base in report.BASES:
             if base in medians:
                 ratios[f"vs_{base}"] = {n: round(m["rps"] / medians[base]["rps"], 2) for n, m in medians.items()}
+        if "plain" in medians:
+            ratios["p50_vs_plain"] = {n: round(m["p50_ms"] / medians["plain"]["p50_ms"], 2) for n, m in medians.items()}
         out[scenario] = {
             "what": what,
             "contenders": {
                 name: {
-                    "label": chosen[name].name,
+                    "label": taking_part[name].name,
                     "median": medians[name],
-                    "rss_mib_after": contenders.rss_mib(chosen[name].pids()),
+                    "rss_mib_after": contenders.rss_mib(taking_part[name].pids()),
                     "runs": [r.as_dict() for r in runs[name]],
                 }
                 for name in names
             },
             "ratios": ratios,
         }
+    stampedes = {}
+    # The gateway answers most of a burst from the entry its first forward filled; the api role
+    # alone shows that its single flight holds when all 200 reach it as misses.
+    targets = [(n, c.name, c.base, c.headers) for n, c in chosen.items() if "stampede" in c.scenarios]
+    if targets and "gateway" in chosen:
+        targets.insert(1, ("api", "cachedapi api role alone (no gateway)", world.stack.apis[0].url, {}))
+    for n, (name, label, base, headers) in enumerate(targets):
+        item_id = f"stampede-{n}"
+        contenders.data.new_cold_item(world.database_url, item_id)
+        port = int(base.rsplit(":", 1)[1])
+        outcome = stampede.run(
+            port=port, path=contenders.BOOKS + item_id, headers=headers, database_url=world.database_url
+        )
+        print(f"  stampede {name}: {outcome.db_reads} database reads for {outcome.requests} requests", flush=True)
+        stampedes[name] = {"label": label, "outcome": outcome.as_dict()}
+    if stampedes:
+        out["stampede"] = {"what": STAMPEDE, "contenders": stampedes}
     return out
-
-
-def table(results: dict[str, Any]) -> str:
-    lines = []
-    for scenario, data in results["scenarios"].items():
-        bases = [b for b in (PEER, REFERENCE) if f"vs_{b}" in data["ratios"]]
-        head = ["contender", "req/s (median)", "p50 ms", "p99 ms", *[f"x {b}" for b in bases], "RSS MiB after"]
-        lines += [f"Scenario `{scenario}`: {data['what']}.", "", "| " + " | ".join(head) + " |"]
-        lines.append("|" + "---|" * len(head))
-        for name, entry in data["contenders"].items():
-            m = entry["median"]
-            cells = [entry["label"], f"{m['rps']:,.0f}", f"{m['p50_ms']:.2f}", f"{m['p99_ms']:.2f}"]
-            cells += [f"{data['ratios'][f'vs_{b}'][name]:.2f}" for b in bases]
-            cells.append(f"{entry['rss_mib_after']:.0f}")
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    s = results["settings"]
-    api_rss = results.get("api_rss_mib_after")
-    if api_rss is not None:
-        lines.append(f"The api role's RSS after the run: {api_rss:.0f} MiB.")
-    lines.append(
-        f"wrk -t1 -c{s['connections']} -d{s['duration']}s, {s['rounds']} rounds (median), one worker per server, "
-        f"{results['machine']['cpus']} CPUs, load average before/after {results['machine']['load_before']} / "
-        f"{results['machine']['load_after']}."
-    )
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--contenders", default="", help="comma-separated names (default: all available)")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--scenarios", default="", help=f"comma-separated, of {', '.join(SCENARIOS)}, stampede")
+    parser.add_argument("--miss-items", type=int, default=150_000, help="cold items (each read once per run)")
+    parser.add_argument("--output", type=Path, default=OUT, help="directory for results.json/.md/.png")
     args = parser.parse_args(argv)
 
     everything = contenders.available()
@@ -138,12 +158,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"bench: unknown or unavailable contenders {unknown}; available: {list(everything)}", file=sys.stderr)
         return 2
+    if args.scenarios:
+        picked = set(args.scenarios.split(","))
+        for name in list(SCENARIOS):
+            if name not in picked:
+                del SCENARIOS[name]
+        if "stampede" not in picked:
+            for contender in everything.values():
+                contender.scenarios = contender.scenarios - {"stampede"}
     chosen = {name: everything[name] for name in wanted}
     load_before = os.getloadavg()[0]
-    world = contenders.World(bench_api())
+    world = contenders.World(bench_api(), miss_items=args.miss_items, mix_items=1000)
     started: list[contenders.Contender] = []
     try:
-        print("bench: starting PostgreSQL, Redis, the api role and the contenders ...", flush=True)
+        print("bench: starting PostgreSQL, Redis, the api role, seeding, starting the contenders ...", flush=True)
         world.start()
         for contender in chosen.values():
             contender.start(world)
@@ -163,13 +191,23 @@ def main(argv: list[str] | None = None) -> int:
             "load_before": round(load_before, 2),
             "load_after": round(os.getloadavg()[0], 2),
         },
-        "settings": {"rounds": args.rounds, "duration": args.duration, "connections": args.connections, "threads": 1},
+        "settings": {
+            "rounds": args.rounds,
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "connections": args.connections,
+            "threads": 1,
+        },
         "scenarios": scenarios,
         "api_rss_mib_after": api_rss,
     }
-    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    text = report.table(results)
+    (args.output / "results.md").write_text(text + "\n", encoding="utf-8")
+    report.chart(results, args.output / "results.png")
     print()
-    print(table(results))
+    print(text)
     return 0
 
 

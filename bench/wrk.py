@@ -1,11 +1,18 @@
-"""Running wrk and reading its report: requests per second and latency percentiles."""
+"""Running wrk and reading its report: requests per second and latency percentiles.
+
+A scenario that is more than one URL (cold reads, a read/write mix) gives wrk a
+Lua script from ``bench/lua`` and its arguments; wrk stays the one load generator.
+"""
 
 from __future__ import annotations
 
 import re
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+LUA = Path(__file__).resolve().parent / "lua"
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
@@ -50,11 +57,26 @@ def parse(report: str) -> Run:
     )
 
 
-def run(url: str, *, headers: dict[str, str], seconds: int, connections: int, threads: int = 1) -> Run:
+@dataclass(frozen=True)
+class Target:
+    """What wrk sends: one URL and its headers, or a Lua script (``LUA / script``) with arguments."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    script: str = ""
+    args: tuple[str, ...] = ()
+
+
+def run(target: Target, *, seconds: int, connections: int, threads: int = 1) -> Run:
     """One wrk run against 127.0.0.1, bounded in time (wrk's own -d, and a kill after twice that)."""
-    assert url.startswith("http://127.0.0.1:"), "load goes to the loopback interface only"
+    assert target.url.startswith("http://127.0.0.1:"), "load goes to the loopback interface only"
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
-    for name, value in headers.items():
+    for name, value in target.headers.items():
         command += ["-H", f"{name}: {value}"]
-    done = subprocess.run([*command, url], capture_output=True, text=True, timeout=seconds * 2 + 10, check=True)
+    if target.script:
+        command += ["-s", str(LUA / target.script)]
+    command.append(target.url)
+    if target.args:
+        command += ["--", *target.args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds * 2 + 10, check=True)
     return parse(done.stdout)
