@@ -94,16 +94,36 @@ def kind_of(obj: dict[str, Any]) -> Kind:
 
 
 class ApiError(Exception):
-    """An answer of the API server other than success (404 is None from ``get``)."""
+    """An answer of the API server other than success (404 is None from ``get``).
+
+    ``status`` 0 is no answer at all (unreachable, timed out). ``retry_after`` is the
+    server's own ``Retry-After`` (seconds), when it sent one with a 429 or 503.
+    """
 
     #: An operational failure, logged without a traceback (see ``scheduler``).
     expected = True
 
-    def __init__(self, *, status: int, reason: str, message: str) -> None:
+    def __init__(self, *, status: int, reason: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def unavailable(self) -> bool:
+        """The server, not the request, is the problem (overloaded, failing, unreachable): any
+        other write now would meet the same answer, so the caller should stop and come back later."""
+        return self.status == 0 or self.status == 429 or self.status >= 500
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (the HTTP-date form is not used by the API server)."""
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds <= 3600 else None
 
 
 class Client:
@@ -116,6 +136,8 @@ class Client:
         self._tempdir = tempfile.TemporaryDirectory(prefix="cachedapi-operator-")
         #: Every write sent (for logs and the scale benchmark's sanity): method -> count.
         self.writes: dict[str, int] = {}
+        #: Writes the server accepted (tells a struggling server from a dead one).
+        self.accepted = 0
 
     async def login(self, credentials: Credentials) -> None:
         if credentials == self._credentials and self._session is not None:
@@ -216,7 +238,14 @@ class Client:
                     reason, message = str(status.get("reason", "")), str(status.get("message", text))
                 except ValueError:
                     reason, message = response.reason or "", text[:500]
-                raise ApiError(status=response.status, reason=reason, message=message)
+                raise ApiError(
+                    status=response.status,
+                    reason=reason,
+                    message=message,
+                    retry_after=_retry_after(response.headers.get("Retry-After")),
+                )
+            if method != "GET":
+                self.accepted += 1
             return json.loads(text) if text else None
 
     async def get(self, kind: Kind, *, namespace: str, name: str) -> dict[str, Any] | None:

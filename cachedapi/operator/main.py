@@ -8,7 +8,7 @@ Settings come from the environment, as in a Deployment:
 - ``CACHEDAPI_RESYNC_SECONDS``: how often every CachedApi is reconciled even
   when nothing happened (default 60);
 - ``CACHEDAPI_RETRY_SECONDS``: how long after a failed reconcile it is tried
-  again (default 10);
+  again (default 10; doubled with each failure in a row, up to 8 times);
 - ``CACHEDAPI_LOG_LEVEL``: DEBUG, INFO (default), WARNING or ERROR.
 """
 

@@ -8,6 +8,11 @@ merge-patched, an unwanted one deleted, and the status patched only when the
 computed status is not the one already stored. An unchanged world therefore
 costs no write at all, Events included (they are posted on transitions only).
 
+A write answered 429, 5xx or not at all stops the pass (``Unavailable``): the
+other writes would meet the same answer, and a server in trouble needs fewer
+requests, not more. The scheduler comes back later, backing off while passes
+make no progress.
+
 A spec that cannot be acted on (rejected by the model, or naming a Secret
 that does not exist) is not an exception: it becomes ``SpecValid=False`` with
 the field in the message, phase ``Failed``, one Warning Event, and the next
@@ -48,6 +53,22 @@ class ConvergeError(Exception):
 
     expected = True
 
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(ConvergeError):
+    """The API server answered a write with 429, 5xx or not at all: the pass stopped there, since
+    every further write would meet the same answer (a storm against a server already in trouble).
+    Nothing else is written, the status included; the scheduler comes back later."""
+
+    def __init__(self, message: str, *, retry_after: float | None, progressed: bool) -> None:
+        super().__init__(message, retry_after=retry_after)
+        #: Some writes of this pass did go through: the server is struggling, not down, so the
+        #: scheduler comes back after its shortest delay instead of backing off further.
+        self.progressed = progressed
+
 
 @dataclass
 class Memory:
@@ -71,6 +92,17 @@ class Reconciler:
         self.memory.pop(key, None)
 
     async def reconcile(self, body: Mapping[str, Any], children: Mapping[ChildKey, dict[str, Any]]) -> None:
+        accepted = self.client.accepted
+        try:
+            await self._reconcile(body, children)
+        except kube.ApiError as exc:
+            if not exc.unavailable:
+                raise
+            progressed = self.client.accepted > accepted
+            message = f"{exc}; the pass stopped at this answer"
+            raise Unavailable(message, retry_after=exc.retry_after, progressed=progressed) from None
+
+    async def _reconcile(self, body: Mapping[str, Any], children: Mapping[ChildKey, dict[str, Any]]) -> None:
         meta = body.get("metadata") or {}
         key = (meta.get("namespace") or "default", meta["name"])
         if meta.get("deletionTimestamp"):
@@ -185,6 +217,8 @@ class Reconciler:
                 try:
                     created = await self.client.create(obj)
                 except kube.ApiError as exc:
+                    if exc.unavailable:
+                        raise
                     failures.append(f"creating {obj['kind']} {ckey[1]}: {exc}")
                     continue
                 memory.created[ckey] = clock
@@ -203,6 +237,8 @@ class Reconciler:
                         body=drift.patch_body(obj, live, ignore=ignore),
                     )
                 except kube.ApiError as exc:
+                    if exc.unavailable:
+                        raise
                     failures.append(f"patching {obj['kind']} {ckey[1]}: {exc}")
                     continue
                 touched.add(ckey)

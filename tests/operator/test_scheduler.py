@@ -45,3 +45,41 @@ async def test_a_failing_pass_is_retried_after_the_delay_not_at_once() -> None:
     await asyncio.sleep(0.4)
     assert calls == 2
     await sched.close()
+
+
+def test_each_failure_in_a_row_doubles_the_delay_up_to_a_bound_and_retry_after_is_honoured() -> None:
+    sched = scheduler.Scheduler(_never, retry_seconds=10)
+    delays = [sched.delay("a") for _ in range(6)]
+    for delay, factor in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
+        assert 10 * factor * (1 - scheduler.JITTER) <= delay <= 10 * factor * (1 + scheduler.JITTER)
+    assert sched.delay("b", retry_after=120) == 120  # the server asked for longer
+    assert sched.delay("c") <= 10 * (1 + scheduler.JITTER)  # each object backs off on its own
+
+
+async def _never(key: Hashable) -> None:
+    raise AssertionError("not called")
+
+
+async def test_requests_while_a_retry_is_pending_wait_for_it_and_success_resets_the_backoff() -> None:
+    calls = 0
+    fail = True
+
+    async def work(key: Hashable) -> None:
+        nonlocal calls
+        calls += 1
+        if fail:
+            raise RuntimeError("API server unreachable")
+
+    sched = scheduler.Scheduler(work, retry_seconds=0.2)
+    sched.request("a")
+    await asyncio.sleep(0.05)
+    for _ in range(20):
+        sched.request("a")  # watch events and resyncs during the backoff
+    await asyncio.sleep(0.05)
+    assert calls == 1, "an event jumped the backoff"
+    fail = False
+    while calls < 2 or not sched.idle:
+        await asyncio.sleep(0.02)
+    assert calls == 2
+    assert sched.delay("a") <= 0.2 * (1 + scheduler.JITTER), "the success did not reset the backoff"
+    await sched.close()
