@@ -200,3 +200,37 @@ async def test_an_api_server_down_for_seconds_gets_backed_off_writes_and_then_co
             f"converged {recovered_in:.1f} s after it came back"
         )
     _clean((tmp_path / "operator.log").read_text(errors="replace"))
+
+
+async def test_conflicts_are_survived_a_lost_create_reply_as_existing_and_a_refused_patch_retried(
+    tmp_path: Path,
+) -> None:
+    names = [f"shop-{i}" for i in range(4)]
+    async with em.emulated_cluster() as cluster:
+        # A create stored by the server whose reply was lost meets 409 when retried; here the 409 is
+        # the reply itself. And a patch refused with 409, as an API server does on a conflict.
+        lost_replies = em.Fault(status=409, methods=frozenset({"POST"}), rate=0.3, limit=12, after_write=True)
+        refused_patches = em.Fault(status=409, methods=frozenset({"PATCH"}), rate=0.5, limit=8, seed=7)
+        cluster.emulator.faults += [lost_replies, refused_patches]
+        with em.operator_process(server=cluster.url, workdir=tmp_path, resync_seconds=RESYNC_SECONDS):
+            for name in names:
+                await cluster.apply_cachedapi(_body(name))
+            await em.eventually(lambda: _converged(cluster, names), timeout=60, interval=0.2)
+            assert lost_replies.fired == 12
+
+            # Children edited by hand, and the patches that put them back refused at first.
+            patches_refused = refused_patches.fired
+            refused_patches.limit = patches_refused + 4
+            for name in names:
+                await cluster.patch("Service", NS, f"{name}-api", {"spec": {"ports": []}})
+
+            def restored() -> bool:
+                return all(cluster.children(NS, n)[("Service", f"{n}-api")]["spec"]["ports"] for n in names)
+
+            await em.eventually(restored, timeout=60, interval=0.2)
+            assert refused_patches.fired > patches_refused
+
+        creates = _stored_creates(cluster)
+        assert [key for key, count in creates.items() if count > 1] == [], "a child created twice"
+        assert sum(creates.values()) == sum(len(_expected(n)) for n in names)
+    _clean((tmp_path / "operator.log").read_text(errors="replace"))
