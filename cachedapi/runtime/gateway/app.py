@@ -40,7 +40,8 @@ from collections.abc import Mapping
 import orjson
 
 from cachedapi import contract
-from cachedapi.runtime.gateway import answers, auth, caching, forwarding, metrics, redisconn, upstream
+from cachedapi.runtime import redisconn
+from cachedapi.runtime.gateway import answers, auth, caching, forwarding, metrics, upstream
 from cachedapi.runtime.gateway.answers import Receive, Scope, Send
 
 log = logging.getLogger("cachedapi.gateway")

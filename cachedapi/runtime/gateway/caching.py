@@ -29,7 +29,8 @@ import logging
 import hiredis
 
 from cachedapi import contract
-from cachedapi.runtime.gateway import answers, forwarding, metrics, redisconn, routes, script
+from cachedapi.runtime import redisconn
+from cachedapi.runtime.gateway import answers, forwarding, metrics, routes, script
 from cachedapi.runtime.gateway.answers import Headers, Receive, Scope, Send
 
 log = logging.getLogger("cachedapi.gateway")

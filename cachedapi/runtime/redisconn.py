@@ -1,4 +1,4 @@
-"""One pipelined Redis connection for the gateway: every request's EVALSHA in one syscall.
+"""One pipelined Redis connection: every request's command in one syscall (the gateway's, and the api role's reads).
 
 Why not ``redis.asyncio``: it takes a connection from a pool per command and
 writes and reads each command on its own, so 50 concurrent requests cost 50
