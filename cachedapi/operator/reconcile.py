@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
+import json
 import logging
 import time
 import uuid
@@ -33,7 +35,7 @@ from typing import Any
 from cachedapi import model
 from cachedapi.operator import children as builders
 from cachedapi.operator import drift, kube, status
-from cachedapi.operator.children import names, runtime, secrets
+from cachedapi.operator.children import config, names, runtime, secrets
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,10 @@ class Memory:
     """What one CachedApi's reconciles remember between passes (never persisted)."""
 
     created: dict[ChildKey, float] = field(default_factory=dict)
+    #: The last spec parsed (by digest) and what came of it: the model, or the error. Parsing
+    #: checks every resource's JSON Schema, which costs seconds for a large spec; resyncs and
+    #: children's events would pay it again and again on the operator's one event loop.
+    parsed: tuple[str, model.CachedApi | str] | None = None
 
 
 def now_iso() -> str:
@@ -112,7 +118,7 @@ class Reconciler:
         generation = int(meta.get("generation") or 1)
         old_status = dict(body.get("status") or {})
         try:
-            api = self._parse(body)
+            api = self._parse_once(body, memory)
             digests = await self._referenced_secrets(api)
             digests.update(await self._generated_secrets(api, uid=meta["uid"]))
         except SpecError as exc:
@@ -146,6 +152,20 @@ class Reconciler:
 
     # --- observe and validate ------------------------------------------------------------------
 
+    def _parse_once(self, body: Mapping[str, Any], memory: Memory) -> model.CachedApi:
+        meta = body.get("metadata") or {}
+        seen = {"name": meta.get("name"), "namespace": meta.get("namespace"), "spec": body.get("spec")}
+        digest = hashlib.sha256(json.dumps(seen, sort_keys=True, default=str).encode()).hexdigest()
+        if memory.parsed is None or memory.parsed[0] != digest:
+            try:
+                memory.parsed = (digest, self._parse(body))
+            except SpecError as exc:
+                memory.parsed = (digest, str(exc))
+        outcome = memory.parsed[1]
+        if isinstance(outcome, str):
+            raise SpecError(outcome)
+        return outcome
+
     @staticmethod
     def _parse(body: Mapping[str, Any]) -> model.CachedApi:
         meta = body.get("metadata") or {}
@@ -153,9 +173,13 @@ class Reconciler:
         if not isinstance(spec, dict):
             raise SpecError("spec: required")
         try:
-            return model.parse({"metadata": dict(meta), "spec": spec})
+            api = model.parse({"metadata": dict(meta), "spec": spec})
         except model.ManifestError as exc:
             raise SpecError(str(exc)) from None
+        problem = config.too_large(api)
+        if problem is not None:
+            raise SpecError(problem)
+        return api
 
     async def _referenced_secrets(self, api: model.CachedApi) -> dict[str, str]:
         """Digests of the user's Secrets the pods read; a missing one is a SpecError naming the field."""

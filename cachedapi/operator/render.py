@@ -15,7 +15,7 @@ import yaml
 
 from cachedapi import model
 from cachedapi.operator import children
-from cachedapi.operator.children import secrets
+from cachedapi.operator.children import config, secrets
 
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 PLACEHOLDER_API_KEY = "placeholder-api-key-generated-by-the-operator"
@@ -75,5 +75,10 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, model.ManifestError) as exc:
         print(f"cachedapi render: {exc}", file=sys.stderr)
         return 2
+    for api in apis:
+        problem = config.too_large(api)
+        if problem is not None:
+            print(f"cachedapi render: CachedApi {api.metadata.name}: {problem}", file=sys.stderr)
+            return 2
     sys.stdout.write(render_text(apis))
     return 0
