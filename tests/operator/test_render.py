@@ -130,6 +130,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard(bookstore: model.C
             assert sc["capabilities"] == {"drop": ["ALL"]}
             assert container["livenessProbe"] and container["readinessProbe"]
             assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+            assert "memory" in container["resources"]["limits"], "a memory limit by default"
         assert template["metadata"]["annotations"][names.CONFIG_HASH_ANNOTATION]
 
 
@@ -235,12 +236,33 @@ def test_managed_redis_is_bounded_and_keeps_nothing_on_disk() -> None:
     assert command[command.index("--save") + 1] == "" and command[command.index("--appendonly") + 1] == "no"
 
 
-def test_managed_database_keeps_its_data_on_a_claim_and_reads_its_password_from_the_secret() -> None:
+def test_managed_database_keeps_its_data_on_a_claim_and_reads_its_password_from_a_secret_file() -> None:
     sts = _objects(_api(database={"managed": {"storage": "5Gi", "storageClassName": "fast"}}))[
         ("StatefulSet", "shop-db")
     ]
     claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]
     assert claim["resources"]["requests"]["storage"] == "5Gi" and claim["storageClassName"] == "fast"
-    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "shop-db-credentials"
+    pod = sts["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert not [e for e in env.values() if "valueFrom" in e], "no secret in the environment"
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == "shop-db-credentials" and volume["secret"]["defaultMode"] == 0o440
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert env["POSTGRES_PASSWORD_FILE"]["value"] == mount["mountPath"] + "/password" and mount["readOnly"]
     assert env["PGDATA"]["value"].startswith("/var/lib/postgresql/data/")
+
+
+def test_memory_is_limited_by_default_never_below_the_request_and_cpu_only_when_asked() -> None:
+    objects = _objects(_api(api={"resources": {"requests": {"memory": "1Gi"}}}))
+
+    def resources(name: str, kind: str = "Deployment") -> dict[str, Any]:
+        found: dict[str, Any] = objects[(kind, name)]["spec"]["template"]["spec"]["containers"][0]["resources"]
+        return found
+
+    assert resources("shop-gateway")["limits"] == {"memory": "256Mi"}
+    assert resources("shop-api")["limits"] == {"memory": "1Gi"}  # the request, not below it
+    assert resources("shop-redis")["limits"] == {"memory": "352Mi"}  # maxMemory 256Mi + 1/4 + 32Mi
+    assert resources("shop-db", "StatefulSet")["limits"] == {"memory": "512Mi"}
+    chosen = _objects(_api(gateway={"resources": {"limits": {"cpu": "2", "memory": "100Mi"}}}))
+    gateway = chosen[("Deployment", "shop-gateway")]["spec"]["template"]["spec"]["containers"][0]
+    assert gateway["resources"]["limits"] == {"cpu": "2", "memory": "100Mi"}

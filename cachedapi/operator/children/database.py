@@ -3,7 +3,10 @@
 The stock image runs as its own user (uid 70 in the alpine build) under a
 read-only root filesystem: the socket directory and /tmp are emptyDirs, and
 PGDATA is a subdirectory of the volume (initdb refuses a non-empty mount point
-such as one holding lost+found). Its password comes from x-db-credentials.
+such as one holding lost+found). Its user, password and database name come
+from x-db-credentials mounted as files (the image's ``POSTGRES_*_FILE``), not
+from environment variables, which anything that can read the process's
+environment or a crash dump would see.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from cachedapi.operator.children import inputs, names, pods, secrets
 
 IMAGE = "postgres:16-alpine"
 DATA_DIR = "/var/lib/postgresql/data"
+CREDENTIALS_DIR = "/etc/postgresql-credentials"
+#: Readable by the pod's group (fsGroup) only.
+SECRET_FILE_MODE = 0o440
 
 
 def _managed(api: model.CachedApi) -> model.ManagedDatabase:
@@ -35,17 +41,18 @@ def stateful_set(api: model.CachedApi, inp: inputs.Inputs) -> dict[str, Any]:
         "imagePullPolicy": "IfNotPresent",
         "ports": [{"name": "postgres", "containerPort": contract.POSTGRES_PORT, "protocol": "TCP"}],
         "env": [
-            {"name": "POSTGRES_USER", "valueFrom": {"secretKeyRef": {"name": creds, "key": "username"}}},
-            {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": {"name": creds, "key": "password"}}},
-            {"name": "POSTGRES_DB", "valueFrom": {"secretKeyRef": {"name": creds, "key": "database"}}},
+            {"name": "POSTGRES_USER_FILE", "value": f"{CREDENTIALS_DIR}/username"},
+            {"name": "POSTGRES_PASSWORD_FILE", "value": f"{CREDENTIALS_DIR}/password"},
+            {"name": "POSTGRES_DB_FILE", "value": f"{CREDENTIALS_DIR}/database"},
             {"name": "PGDATA", "value": f"{DATA_DIR}/pgdata"},
         ],
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_DIR},
+            {"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True},
             {"name": "run", "mountPath": "/var/run/postgresql"},
             {"name": "tmp", "mountPath": pods.TMP_DIR},
         ],
-        "resources": pods.resources(managed.resources, cpu="100m", memory="128Mi"),
+        "resources": pods.resources(managed.resources, cpu="100m", memory="128Mi", memory_limit="512Mi"),
         "securityContext": pods.container_security(pods.POSTGRES_UID),
         # initdb on a new volume takes a while: liveness starts counting only once it answers.
         "startupProbe": pods.exec_probe(ready, period=5, failures=60),
@@ -56,7 +63,18 @@ def stateful_set(api: model.CachedApi, inp: inputs.Inputs) -> dict[str, Any]:
         "securityContext": pods.pod_security(pods.POSTGRES_UID),
         "terminationGracePeriodSeconds": 60,
         "containers": [container],
-        "volumes": [pods.empty_dir("run"), pods.empty_dir("tmp")],
+        "volumes": [
+            pods.empty_dir("run"),
+            pods.empty_dir("tmp"),
+            {
+                "name": "credentials",
+                "secret": {
+                    "secretName": creds,
+                    "defaultMode": SECRET_FILE_MODE,
+                    "items": [{"key": k, "path": k} for k in ("username", "password", "database")],
+                },
+            },
+        ],
     }
     claim: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],

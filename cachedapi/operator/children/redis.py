@@ -3,8 +3,6 @@ and an emptyDir for the working directory under a read-only root filesystem."""
 
 from __future__ import annotations
 
-import re
-from decimal import Decimal
 from typing import Any
 
 from cachedapi import contract, model
@@ -12,19 +10,12 @@ from cachedapi.operator.children import inputs, names, pods
 
 IMAGE = "redis:7.4-alpine"
 
-_SUFFIXES: dict[str, int | Decimal] = {
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-    "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "m": Decimal("0.001"), "u": Decimal("0.000001"), "n": Decimal("0.000000001"), "": 1,
-}  # fmt: skip
 
-
-def quantity_bytes(quantity: str) -> int:
-    """A Kubernetes quantity as a whole number (``256Mi`` -> 268435456)."""
-    match = re.fullmatch(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|[kKMGTPEmun]?)", quantity)
-    if match is None:
-        raise ValueError(f"not a quantity: {quantity!r}")
-    return int(Decimal(match.group(1)) * Decimal(_SUFFIXES[match.group(2)]))
+def memory_limit(api: model.CachedApi) -> str:
+    """``maxMemory`` bounds the data set only: a quarter more plus 32 Mi for Redis's own use
+    (buffers, fragmentation, the clients' output buffers)."""
+    data = pods.quantity_bytes(_managed(api).maxMemory)
+    return pods.mebibytes(data + data // 4 + 32 * 2**20)
 
 
 def _managed(api: model.CachedApi) -> model.ManagedRedis:
@@ -42,7 +33,7 @@ def command(api: model.CachedApi) -> list[str]:
         "--save", "",
         "--appendonly", "no",
         "--protected-mode", "no",
-        "--maxmemory", str(quantity_bytes(_managed(api).maxMemory)),
+        "--maxmemory", str(pods.quantity_bytes(_managed(api).maxMemory)),
         "--maxmemory-policy", "allkeys-lru",
     ]  # fmt: skip
 
@@ -57,7 +48,9 @@ def deployment(api: model.CachedApi, inp: inputs.Inputs) -> dict[str, Any]:
         "command": command(api),
         "ports": [{"name": "redis", "containerPort": contract.REDIS_PORT, "protocol": "TCP"}],
         "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-        "resources": pods.resources(managed.resources, cpu="50m", memory=managed.maxMemory),
+        "resources": pods.resources(
+            managed.resources, cpu="50m", memory=managed.maxMemory, memory_limit=memory_limit(api)
+        ),
         "securityContext": pods.container_security(pods.REDIS_UID),
         "livenessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 10, "failureThreshold": 3},
         "readinessProbe": pods.exec_probe(["redis-cli", "-p", str(contract.REDIS_PORT), "ping"], period=5, failures=2),
