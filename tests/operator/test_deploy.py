@@ -39,6 +39,7 @@ def test_kustomize_renders_objects_valid_for_kubernetes(rendered: list[dict[str,
         "CustomResourceDefinition",
         "Deployment",
         "Namespace",
+        "NetworkPolicy",
         "ServiceAccount",
     ]
     for doc in rendered:
@@ -76,6 +77,7 @@ def test_operator_runs_alone_restricted_with_a_liveness_probe(rendered: list[dic
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["CACHEDAPI_LIVENESS_ENDPOINT"] == "http://0.0.0.0:8080/healthz"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
     namespace = _one(rendered, "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -85,3 +87,13 @@ def test_image_runs_as_the_numeric_user_the_pods_declare() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert "FROM python:3.11-slim" in dockerfile
     assert "USER 65532:65532" in dockerfile and 'ENTRYPOINT ["cachedapi"]' in dockerfile
+
+
+def test_operator_pod_takes_no_connections_and_reaches_only_api_server_ports(rendered: list[dict[str, Any]]) -> None:
+    policy = _one(rendered, "NetworkPolicy")
+    pod_labels = _one(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["metadata"]["namespace"] == "cachedapi-system"
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"] and policy["spec"]["ingress"] == []
+    (egress,) = policy["spec"]["egress"]
+    assert "to" not in egress and {p["port"] for p in egress["ports"]} == {443, 6443, 8443}
