@@ -136,9 +136,9 @@ def scan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert kustomized.returncode == 0, kustomized.stderr
     (manifests / "deploy.yaml").write_text(kustomized.stdout, encoding="utf-8")
 
+    command = [checkov, "--directory", str(manifests), "--framework", "kubernetes", "--output", "json"]
     done = subprocess.run(
-        [checkov, "--directory", str(manifests), "--framework", "kubernetes", "--output", "json"]
-        + ["--compact", "--skip-download"],
+        [*command, "--compact", "--skip-download"],
         capture_output=True,
         text=True,
         timeout=300,
