@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import jsonschema
 import pydantic
@@ -153,10 +153,10 @@ class ExternalStore(_Model):
     urlSecretRef: SecretKeySelector
 
 
-class Redis(_Model):
-    """Exactly one of managed or external; managed when neither is given."""
+class _ManagedOrExternal(_Model):
+    """Exactly one of ``managed`` or ``external``; managed (with its defaults) when neither is given."""
 
-    managed: ManagedRedis | None = None
+    managed: _Model | None = None
     external: ExternalStore | None = None
 
     @model_validator(mode="before")
@@ -167,10 +167,16 @@ class Redis(_Model):
         return data
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> Redis:
+    def _exactly_one(self) -> Self:
         if self.managed is not None and self.external is not None:
             raise ValueError("exactly one of managed or external must be set")
         return self
+
+
+class Redis(_ManagedOrExternal):
+    """Exactly one of managed or external; managed when neither is given."""
+
+    managed: ManagedRedis | None = None
 
 
 class Cache(_Model):
@@ -186,24 +192,10 @@ class ManagedDatabase(_Model):
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
 
 
-class Database(_Model):
+class Database(_ManagedOrExternal):
     """Exactly one of managed or external; managed when neither is given."""
 
     managed: ManagedDatabase | None = None
-    external: ExternalStore | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_managed(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("managed") and not data.get("external"):
-            return {**data, "managed": {}}
-        return data
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Database:
-        if self.managed is not None and self.external is not None:
-            raise ValueError("exactly one of managed or external must be set")
-        return self
 
 
 class ResourceDef(_Model):
