@@ -141,8 +141,8 @@ _VERBS = {
 
 def _rbac(request: Any) -> tuple[str, str, str]:
     """(verb, group/plural[/subresource], name) of a request, as RBAC would check it."""
-    if request.resource is None or request.action is None:
-        return "", "", ""
+    if request.resource is None or request.action is None or request.resource.plural is None:
+        return "", "", ""  # discovery: /api, /apis/<group>/<version>
     verb = _VERBS.get(request.action, "")
     if request.action == kmock.action.UPDATE:
         verb = "patch" if str(request.method.value) == "PATCH" else "update"
