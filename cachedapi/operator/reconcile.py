@@ -116,14 +116,15 @@ class Reconciler:
         memory = self.memory.setdefault(key, Memory())
         logger.debug("reconciling %s/%s at generation %s", key[0], key[1], meta.get("generation"))
         generation = int(meta.get("generation") or 1)
-        old_status = dict(body.get("status") or {})
+        stored_status = body.get("status")
+        old_status = status.readable(stored_status)
         try:
             api = self._parse_once(body, memory)
             digests = await self._referenced_secrets(api)
             digests.update(await self._generated_secrets(api, uid=meta["uid"]))
         except SpecError as exc:
             new_status = status.invalid(old=old_status, error=str(exc), generation=generation, now=now_iso())
-            await self._write_status(key, body=body, old=old_status, new=new_status)
+            await self._write_status(key, body=body, old=old_status, new=new_status, stored=stored_status)
             return
 
         inputs = builders.Inputs(owner_uid=meta["uid"], api_key="", db_password="", secret_digests=digests)
@@ -146,7 +147,7 @@ class Reconciler:
             ready = next(c for c in new_status["conditions"] if c["type"] == "Ready")
             ready.update(status="False", reason="ApplyFailed", message="; ".join(failures)[:1024])
             new_status["phase"] = "Degraded" if old_status.get("phase") in {"Ready", "Degraded"} else "Provisioning"
-        await self._write_status(key, body=body, old=old_status, new=new_status)
+        await self._write_status(key, body=body, old=old_status, new=new_status, stored=stored_status)
         if failures:
             raise ConvergeError("; ".join(failures))  # the scheduler tries again later
 
@@ -311,11 +312,14 @@ class Reconciler:
     # --- status and events ---------------------------------------------------------------------
 
     async def _write_status(
-        self, key: Key, *, body: Mapping[str, Any], old: dict[str, Any], new: dict[str, Any]
+        self, key: Key, *, body: Mapping[str, Any], old: dict[str, Any], new: dict[str, Any], stored: Any
     ) -> None:
-        if new == old:
+        """Write ``new`` unless it is what is stored; ``old`` is the stored status as read."""
+        if new == stored:
             return
-        patch = {**new, **{k: None for k in old if k not in new}}
+        patch = {**new, **{k: None for k in (stored if isinstance(stored, dict) else {}) if k not in new}}
+        if not isinstance(stored, dict):
+            patch = new  # a merge patch cannot merge into what is not an object: it replaces it
         try:
             await self.client.patch(
                 kube.CACHEDAPI, namespace=key[0], name=key[1], body={"status": patch}, subresource="status"

@@ -5,7 +5,8 @@ On a cluster, the API server applies the CRD's structural schema and CEL rules f
 an unknown field is pruned (or refused by ``kubectl --validate=strict``). The emulator
 enforces no schema at all, so every object here does reach the operator, which is the
 second line: it must report ``SpecValid=False`` with a message naming the field, stay up,
-and go on serving the good object applied alongside.
+and go on serving the good objects applied alongside (one of them big, and some whose status
+someone else wrote wrong, which the operator must rewrite, not choke on).
 """
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ CORPUS: dict[str, tuple[str, dict[str, Any], str]] = {
     ),
     "port-out-of-range": ("refuses", {"gateway": {"service": {"port": 70000}}}, "spec.gateway.service.port"),
     "spec-not-an-object": ("refuses", {"__spec__": "everything please"}, "spec"),
+}
+#: Statuses someone else wrote wrong (a real API server's schema refuses most of these; anyone
+#: allowed to patch the status subresource can still write an unreadable one to the emulator).
+#: A status that is not an object at all is not here: kmock cannot merge-patch an object into a
+#: string (RFC 7396 says replace), and the CRD's schema refuses such a status anyway.
+BAD_STATUSES: dict[str, Any] = {
+    "conditions-not-objects": {"conditions": ["x", {"type": 5}, {"status": "True"}]},
+    "conditions-not-a-list": {"conditions": "x", "phase": 3, "observedGeneration": "seven"},
 }
 LONG_NAME = "a" * 41  # child names append "-db-credentials"; 63 is the limit of a label value
 
@@ -128,6 +137,8 @@ async def test_the_operator_reports_each_malformed_object_by_field_and_keeps_ser
             for _, body, _ in cases.values():
                 await cluster.apply_cachedapi(copy.deepcopy(body))
             await cluster.apply_cachedapi(_body(GOOD, {}))
+            for name, bad_status in BAD_STATUSES.items():
+                await cluster.apply_cachedapi({**_body(name, {}), "status": bad_status})
             await cluster.apply_cachedapi(_huge(count=10))  # big (~90 kB), and within every bound
 
             async def reported() -> dict[str, str] | None:
@@ -148,10 +159,17 @@ async def test_the_operator_reports_each_malformed_object_by_field_and_keeps_ser
                 built = [k for k in cluster.children(NS, cases[case][1]["metadata"]["name"]) if k[0] != "Secret"]
                 assert built == [], f"{case}: children built from an invalid spec"
 
-            for good in (GOOD, "huge-10"):
+            for good in (GOOD, "huge-10", *BAD_STATUSES):
                 await em.eventually(lambda g=good: ("Deployment", f"{g}-gateway") in cluster.children(NS, g))
-                obj = _stored(cluster, good)
-                assert obj is not None and obj["status"]["phase"] in {"Pending", "Provisioning"}
+
+                def status_rewritten(g: str = good) -> bool:
+                    st = (_stored(cluster, g) or {}).get("status") or {}
+                    return isinstance(st, dict) and st.get("phase") in {"Pending", "Provisioning"}
+
+                await em.eventually(status_rewritten)
+                conditions = (_stored(cluster, good) or {})["status"]["conditions"]
+                assert {c["type"] for c in conditions} >= {"Ready", "SpecValid"}, good
+                assert all(isinstance(c, dict) and isinstance(c["type"], str) for c in conditions), good
             assert proc.poll() is None, "the operator exited"
     log = (tmp_path / "operator.log").read_text(errors="replace")
     assert "Traceback" not in log, log[log.index("Traceback") - 200 :][:3000]
