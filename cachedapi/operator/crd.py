@@ -40,6 +40,11 @@ CRD_PATHS = (ROOT / "crds" / CRD_FILE, ROOT / "deploy" / CRD_FILE)
 PHASES = ["Pending", "Provisioning", "Ready", "Degraded", "Failed"]
 CONDITION_TYPES = ["Ready", "GatewayReady", "ApiReady", "CacheReady", "DatabaseReady", "SpecValid"]
 
+#: The longest CachedApi name, as the model says (``model.ObjectMeta.name``).
+NAME_MAX: int = next(
+    m.max_length for m in model.ObjectMeta.model_fields["name"].metadata if getattr(m, "max_length", None)
+)
+
 #: CEL rules, keyed by the dotted path of the object they sit on (after ``spec``).
 _RULES: dict[str, list[dict[str, str]]] = {
     "cache.redis": [
@@ -295,6 +300,15 @@ def build() -> dict[str, Any]:
                             "type": "object",
                             "description": "A cached HTTP API: gateway, api pods, Redis and PostgreSQL.",
                             "required": ["spec"],
+                            # Every child's name is the CachedApi's plus a suffix (up to 15 characters:
+                            # "-db-credentials"), and it is a label value too, which holds 63.
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": f"size(self.metadata.name) <= {NAME_MAX}",
+                                    "message": f"metadata.name: at most {NAME_MAX} characters, so that every "
+                                    "child's name (the CachedApi's plus a suffix) is a valid name and label",
+                                }
+                            ],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

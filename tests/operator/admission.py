@@ -1,6 +1,7 @@
 """What the API server does with a CachedApi before storing it, as far as a test can do it here:
-structural defaulting, then the OpenAPI schema, then the CEL rules (``x-kubernetes-validations``,
-with ``oldSelf`` on an update), evaluated by cel-python since no API server can run on this machine."""
+structural defaulting, then the OpenAPI schema and list-map key uniqueness, then the CEL rules
+(``x-kubernetes-validations``, with ``oldSelf`` on an update), evaluated by cel-python since no API
+server can run on this machine."""
 
 from __future__ import annotations
 
@@ -49,7 +50,24 @@ def _cel_errors(node: dict[str, Any], new: Any, old: Any, path: str) -> list[str
         for name, sub in node["properties"].items():
             if name in new:
                 old_sub = old.get(name) if isinstance(old, dict) else None
-                errors += _cel_errors(sub, new[name], old_sub, f"{path}.{name}")
+                errors += _cel_errors(sub, new[name], old_sub, f"{path}.{name}" if path else name)
+    return errors
+
+
+def _list_map_errors(node: dict[str, Any], obj: Any, path: str) -> list[str]:
+    """``x-kubernetes-list-type: map``: no two items with the same keys (the API server's "Duplicate value")."""
+    errors = []
+    if isinstance(obj, list) and node.get("x-kubernetes-list-type") == "map":
+        names = node["x-kubernetes-list-map-keys"]
+        keys = [tuple(item.get(k) for k in names) for item in obj if isinstance(item, dict)]
+        errors += [f"{path}: Duplicate value: {key}" for key in {k for k in keys if keys.count(k) > 1}]
+    if isinstance(obj, dict):
+        for name, sub in (node.get("properties") or {}).items():
+            if name in obj:
+                errors += _list_map_errors(sub, obj[name], f"{path}.{name}" if path else name)
+    if isinstance(obj, list) and "items" in node:
+        for index, item in enumerate(obj):
+            errors += _list_map_errors(node["items"], item, f"{path}[{index}]")
     return errors
 
 
@@ -61,4 +79,5 @@ def admit(body: dict[str, Any], *, old: dict[str, Any] | None = None) -> list[st
     if errors:
         return errors
     old_defaulted = apply_defaults(root, old) if old is not None else None
-    return _cel_errors(root["properties"]["spec"], new["spec"], (old_defaulted or {}).get("spec"), "spec")
+    errors = _list_map_errors(root, new, "")
+    return errors + _cel_errors(root, new, old_defaulted, "")

@@ -46,7 +46,7 @@ CORPUS: dict[str, tuple[str, dict[str, Any], str]] = {
         "spec.resources[0]",
     ),
     "schema-not-an-object": ("admits", {"resources": [{"name": "notes", "schema": {"type": "array"}}]}, "[0]"),
-    "duplicate-resource-names": ("admits", {"resources": [{"name": "notes"}, {"name": "notes"}]}, "notes"),
+    "duplicate-resource-names": ("refuses", {"resources": [{"name": "notes"}, {"name": "notes"}]}, "notes"),
     "resource-name-not-a-table-name": ("refuses", {"resources": [{"name": "Notes-1"}]}, "spec.resources[0].name"),
     "ttl-over-a-day": ("refuses", {"cache": {"defaultTtlSeconds": 10**9}}, "spec.cache.defaultTtlSeconds"),
     "zero-rate": ("refuses", {"gateway": {"rateLimit": {"requestsPerSecond": 0}}}, "requestsPerSecond"),
@@ -104,7 +104,7 @@ def _huge(*, count: int = 100) -> dict[str, Any]:
 def _cases() -> dict[str, tuple[str, dict[str, Any], str]]:
     """Every case as (how the API server takes it, the object, the field named)."""
     out = {case: (crd, _body(case, spec), field) for case, (crd, spec, field) in CORPUS.items()}
-    out["name-too-long"] = ("admits", _body(LONG_NAME, {}), "metadata.name")
+    out["name-too-long"] = ("refuses", _body(LONG_NAME, {}), "metadata.name")
     out["configuration-over-a-configmap"] = ("admits", _huge(), "spec.resources")
     return out
 
