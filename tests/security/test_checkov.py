@@ -1,5 +1,6 @@
-"""What the project ships, scanned by checkov's Kubernetes policies: every object ``cachedapi render``
-prints for the examples (and for a variant with every external server and JWT), and ``deploy/``.
+"""What the project ships, scanned by checkov's Kubernetes and Dockerfile policies: every object
+``cachedapi render`` prints for the examples (and for a variant with every external server and
+JWT), ``deploy/``, and the image's Dockerfile.
 
 checkov must run from a virtualenv of its own (its pins conflict with this project's): the test
 uses ``$CACHEDAPI_CHECKOV``, else ``checkov`` on PATH, else ``~/.cache/cachedapi-tools/bin/checkov``
@@ -69,6 +70,11 @@ EXCEPTIONS: dict[str, Excused] = {
         "The operator's service account token is mounted: the operator talks to the API server with it. "
         "Every pod the operator creates has automountServiceAccountToken: false.",
     ),
+    "CKV_DOCKER_2": Excused(
+        r"/Dockerfile\.",
+        "No HEALTHCHECK in the image: Kubernetes ignores it and probes each pod instead (every manifest has "
+        "them), and one image runs three roles (operator, gateway, api), each healthy on its own port.",
+    ),
     "CKV_K8S_21": Excused(
         r"[A-Za-z]+\.default\..*",
         "The default namespace: examples/minimal.yaml names no namespace, so its objects go where the user "
@@ -135,8 +141,9 @@ def scan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     assert kustomized.returncode == 0, kustomized.stderr
     (manifests / "deploy.yaml").write_text(kustomized.stdout, encoding="utf-8")
+    shutil.copy(ROOT / "Dockerfile", manifests / "Dockerfile")
 
-    command = [checkov, "--directory", str(manifests), "--framework", "kubernetes", "--output", "json"]
+    command = [checkov, "--directory", str(manifests), "--framework", "kubernetes", "dockerfile", "--output", "json"]
     done = subprocess.run(
         [*command, "--compact", "--skip-download"],
         capture_output=True,
@@ -147,10 +154,16 @@ def scan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         cwd=workdir,
     )
     assert done.returncode in (0, 1), done.stderr[-3000:]  # 1: some check failed
-    report = json.loads(done.stdout)
-    (found,) = [r for r in (report if isinstance(report, list) else [report]) if r["check_type"] == "kubernetes"]
-    result: dict[str, Any] = found
-    return result
+    reports = json.loads(done.stdout)
+    by_type = {r["check_type"]: r for r in (reports if isinstance(reports, list) else [reports])}
+    assert set(by_type) == {"kubernetes", "dockerfile"}, set(by_type)
+    merged: dict[str, Any] = {"results": {"passed_checks": [], "failed_checks": []}, "summary": {}}
+    for report in by_type.values():
+        for key in ("passed_checks", "failed_checks"):
+            merged["results"][key] += report["results"][key]
+        for key, value in report["summary"].items():
+            merged["summary"][key] = value if isinstance(value, str) else merged["summary"].get(key, 0) + value
+    return merged
 
 
 def _failures(scan: dict[str, Any]) -> list[tuple[str, str, str]]:
