@@ -71,6 +71,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     panels = [(name, d) for name, d in results["scenarios"].items() if name != "stampede"]
     cols = 2
@@ -94,11 +95,16 @@ def chart(results: dict[str, Any], path: Path) -> None:
             )
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+            axis.set_minor_formatter(ticker.NullFormatter())
         ax.set_title(f"{scenario}: {data['what']}", fontsize=10, wrap=True)
         ax.set_xlabel("requests per second (log; bar = min-max of rounds)")
         ax.set_ylabel("latency ms (log): dot p50, triangle p99")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right")
+        ax.margins(x=0.15, y=0.15)
+        ax.legend(fontsize=8, loc="best")
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     s, machine = results["settings"], results["machine"]
