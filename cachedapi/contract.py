@@ -24,6 +24,7 @@ Redis restarts empty while a reader is in PostgreSQL, its fill is refused.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,36 @@ ENV_API_KEYS_DIR = "CACHEDAPI_API_KEYS_DIR"  # one file per key: file name = cli
 ENV_API_KEYS = "CACHEDAPI_API_KEYS"  # alternative: comma-separated keys (dev)
 ENV_JWT_SECRET = "CACHEDAPI_JWT_SECRET"  # HS256 secret when auth.jwt.secretRef is used
 ENV_LOG_LEVEL = "CACHEDAPI_LOG_LEVEL"
+
+#: Each secret setting may instead name a file holding it: ``<NAME>_FILE`` (as the postgres
+#: image's ``POSTGRES_PASSWORD_FILE``). The operator mounts Secrets as files under
+#: ``SECRETS_DIR`` and sets these, so no secret sits in a pod's environment.
+FILE_SUFFIX = "_FILE"
+SECRET_SETTINGS = (ENV_DATABASE_URL, ENV_REDIS_URL, ENV_JWT_SECRET)
+SECRETS_DIR = "/etc/cachedapi/secrets"
+
+
+def secret_file_path(setting: str) -> str:
+    """Where the operator mounts the file for one secret setting."""
+    return f"{SECRETS_DIR}/{setting.lower().replace('_', '-')}/value"
+
+
+def resolve_secret_files(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment with every ``<NAME>_FILE`` read into ``<NAME>`` (a set ``<NAME>`` wins).
+
+    Read once, at start; raises ValueError naming the variable and the file.
+    """
+    out = dict(environ)
+    for name in SECRET_SETTINGS:
+        path = environ.get(name + FILE_SUFFIX)
+        if name in environ or not path:
+            continue
+        try:
+            out[name] = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{name}{FILE_SUFFIX}: cannot read {path}: {exc.__class__.__name__}") from None
+    return out
+
 
 # --- Runtime configuration ------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
 
         port = args.port or contract.GATEWAY_PORT
     try:
-        app = role_app.create_app(config, os.environ)
+        app = role_app.create_app(config, contract.resolve_secret_files(os.environ))
     except ValueError as exc:
         print(f"cachedapi runtime --role {args.role}: {exc}", file=sys.stderr)
         return 2

@@ -72,3 +72,16 @@ def test_cache_entry_round_trips_body_bytes_unchanged() -> None:
     entry = contract.decode_entry(raw)
     assert entry is not None and entry.body == body and entry.etag == '"v7"' and entry.ttl_seconds == 60
     assert contract.decode_entry(b"garbage") is None
+
+
+def test_secret_settings_can_come_from_files(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "dsn"
+    path.write_text("postgresql://u:p@db/x\n", encoding="utf-8")
+    env = {contract.ENV_DATABASE_URL + contract.FILE_SUFFIX: str(path), contract.ENV_REDIS_URL: "redis://r"}
+    resolved = contract.resolve_secret_files(env)
+    assert resolved[contract.ENV_DATABASE_URL] == "postgresql://u:p@db/x"
+    assert resolved[contract.ENV_REDIS_URL] == "redis://r"
+    with pytest.raises(ValueError, match=contract.ENV_JWT_SECRET + contract.FILE_SUFFIX):
+        contract.resolve_secret_files({contract.ENV_JWT_SECRET + contract.FILE_SUFFIX: str(path) + ".missing"})

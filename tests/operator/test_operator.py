@@ -36,6 +36,7 @@ from cachedapi.operator.children import names
 
 from ..conftest import EXAMPLES
 from . import emulator as em
+from . import podspec
 
 NS, NAME = "shop", "bookstore"
 RESYNC_SECONDS = 1.0
@@ -330,11 +331,8 @@ async def test_children_the_spec_no_longer_asks_for_are_deleted(cluster: em.Clus
     await em.eventually(lambda: not gone & set(cluster.children(NS, NAME)))
     now = cluster.children(NS, NAME)
     assert now[("Deployment", "bookstore-api")]["spec"]["replicas"] == 3  # back from the HPA to spec.api.replicas
-    env = {
-        e["name"]: e
-        for e in now[("Deployment", "bookstore-gateway")]["spec"]["template"]["spec"]["containers"][0]["env"]
-    }
-    assert env[contract.ENV_REDIS_URL]["valueFrom"]["secretKeyRef"] == {"name": "my-redis", "key": "url"}
+    gateway_pod = now[("Deployment", "bookstore-gateway")]["spec"]["template"]["spec"]
+    assert podspec.secret_source(gateway_pod, contract.ENV_REDIS_URL) == ("my-redis", "url")
     assert ("Secret", "bookstore-db-credentials") in now and ("Secret", "bookstore-api-keys") in now
 
 

@@ -15,6 +15,7 @@ from cachedapi.operator import children, render
 from cachedapi.operator.children import names
 
 from ..conftest import EXAMPLES
+from . import podspec
 
 K8S_VERSION = kubernetes_validate.latest_version()
 
@@ -146,11 +147,10 @@ def test_runtime_pods_run_their_role_with_the_config_and_secrets_from_the_contra
     assert gateway_env[contract.ENV_CONFIG]["value"] == f"{contract.CONFIG_DIR}/{contract.CONFIG_FILE}"
     assert gateway_env[contract.ENV_API_KEYS_DIR]["value"] == contract.API_KEYS_DIR
     assert gateway_env[contract.ENV_REDIS_URL]["value"] == "redis://bookstore-redis.shop.svc:6379/0"
-    assert api_env[contract.ENV_DATABASE_URL]["valueFrom"]["secretKeyRef"] == {
-        "name": "bookstore-db-credentials",
-        "key": "url",
-    }
-    assert contract.ENV_API_KEYS_DIR not in api_env and contract.ENV_DATABASE_URL not in gateway_env
+    api_pod = objects[("Deployment", "bookstore-api")]["spec"]["template"]["spec"]
+    assert podspec.secret_source(api_pod, contract.ENV_DATABASE_URL) == ("bookstore-db-credentials", "url")
+    assert contract.ENV_API_KEYS_DIR not in api_env
+    assert contract.ENV_DATABASE_URL + contract.FILE_SUFFIX not in gateway_env
     mounts = {m["mountPath"] for m in gateway["volumeMounts"]}
     assert {contract.CONFIG_DIR, contract.API_KEYS_DIR} <= mounts
     config = objects[("ConfigMap", "bookstore-config")]["data"][contract.CONFIG_FILE]
@@ -188,13 +188,11 @@ def test_external_stores_get_no_managed_servers_and_urls_from_the_users_secrets(
     objects = _objects(api)
     assert not any(name in {"shop-redis", "shop-db"} for kind, name in objects if kind != "NetworkPolicy")
     assert ("Secret", "shop-db-credentials") not in objects and ("Secret", "shop-api-keys") not in objects
-    api_env = {
-        e["name"]: e for e in objects[("Deployment", "shop-api")]["spec"]["template"]["spec"]["containers"][0]["env"]
-    }
-    assert api_env[contract.ENV_DATABASE_URL]["valueFrom"]["secretKeyRef"] == {"name": "my-pg", "key": "dsn"}
-    assert api_env[contract.ENV_REDIS_URL]["valueFrom"]["secretKeyRef"] == {"name": "my-redis", "key": "url"}
+    api_pod = objects[("Deployment", "shop-api")]["spec"]["template"]["spec"]
+    assert podspec.secret_source(api_pod, contract.ENV_DATABASE_URL) == ("my-pg", "dsn")
+    assert podspec.secret_source(api_pod, contract.ENV_REDIS_URL) == ("my-redis", "url")
     gateway = objects[("Deployment", "shop-gateway")]["spec"]["template"]["spec"]
-    assert {"name": "api-keys", "secret": {"secretName": "my-keys"}} in gateway["volumes"]
+    assert {"name": "api-keys", "secret": {"secretName": "my-keys", "defaultMode": 0o440}} in gateway["volumes"]
 
 
 def test_network_policies_allow_only_the_request_path() -> None:

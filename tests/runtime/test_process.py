@@ -50,3 +50,30 @@ def test_the_api_role_refuses_to_start_without_a_database_url(tmp_path: Path, bo
     )
     assert done.returncode == 2
     assert contract.ENV_DATABASE_URL in done.stderr
+
+
+def test_the_roles_read_their_secrets_from_files_as_the_operator_mounts_them(
+    tmp_path: Path,
+    bookstore: model.CachedApi,
+    fresh_postgres: embedded.PostgresServer,
+    fresh_redis: embedded.RedisServer,
+) -> None:
+    """The operator sets CACHEDAPI_*_FILE, never the secret itself; both roles must start from that."""
+    (tmp_path / "dsn").write_text(fresh_postgres.url + "\n")
+    (tmp_path / "redis").write_text(fresh_redis.url + "\n")
+    stack = devstack.Stack(
+        bookstore,
+        postgres=fresh_postgres,
+        redis=fresh_redis,
+        extra_env={
+            contract.ENV_DATABASE_URL + contract.FILE_SUFFIX: str(tmp_path / "dsn"),
+            contract.ENV_REDIS_URL + contract.FILE_SUFFIX: str(tmp_path / "redis"),
+        },
+    )
+    for role in [*stack.apis, *stack.gateways]:  # what a pod has: the file settings only
+        role.env.pop(contract.ENV_DATABASE_URL, None)
+        role.env.pop(contract.ENV_REDIS_URL, None)
+    with stack, httpx.Client(base_url=stack.url, headers={"X-API-Key": stack.api_key}, timeout=10) as client:
+        location = client.post("/v1/books", json={"title": "Dune", "author": "Herbert"}).headers["location"]
+        assert client.get(location).headers["x-cache"] == "MISS"
+        assert client.get(location).headers["x-cache"] == "HIT"  # the gateway found Redis too

@@ -53,12 +53,6 @@ EXCEPTIONS: dict[str, Excused] = {
         "imagePullPolicy IfNotPresent: release tags are not rewritten, so Always would only add a registry "
         "round trip to every pod start and make pods unable to restart while the registry is unreachable.",
     ),
-    "CKV_K8S_35": Excused(
-        r"Deployment\.[^.]+\.[^.]+-(api|gateway)",
-        "Secrets as environment variables in the runtime pods: the runtime reads its database URL, an "
-        "external Redis URL and a JWT secret from CACHEDAPI_* variables (contract.ENV_*) only, once at "
-        "start. API keys are already files. Reading *_FILE variants is a runtime change (recommended).",
-    ),
     "CKV_K8S_40": Excused(
         r"StatefulSet\.[^.]+\.[^.]+-db",
         "PostgreSQL runs as the stock alpine image's own user (uid 70): its initdb must find its uid in "

@@ -19,8 +19,6 @@ from cachedapi.operator.children import inputs, names, pods, secrets
 IMAGE = "postgres:16-alpine"
 DATA_DIR = "/var/lib/postgresql/data"
 CREDENTIALS_DIR = "/etc/postgresql-credentials"
-#: Readable by the pod's group (fsGroup) only.
-SECRET_FILE_MODE = 0o440
 
 
 def _managed(api: model.CachedApi) -> model.ManagedDatabase:
@@ -70,7 +68,7 @@ def stateful_set(api: model.CachedApi, inp: inputs.Inputs) -> dict[str, Any]:
                 "name": "credentials",
                 "secret": {
                     "secretName": creds,
-                    "defaultMode": SECRET_FILE_MODE,
+                    "defaultMode": pods.SECRET_FILE_MODE,
                     "items": [{"key": k, "path": k} for k in ("username", "password", "database")],
                 },
             },

@@ -25,6 +25,10 @@ POSTGRES_UID = 70
 TMP_DIR = "/tmp"  # noqa: S108  (the pod's own emptyDir, not a shared host directory)
 
 
+#: Mounted Secret files: readable by the pod's group (fsGroup) only.
+SECRET_FILE_MODE = 0o440
+
+
 def pod_security(uid: int) -> dict[str, Any]:
     return {
         "runAsNonRoot": True,

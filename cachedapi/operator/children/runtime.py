@@ -1,8 +1,10 @@
 """The gateway and api tiers: Deployment and Service for each runtime role.
 
 Both run ``cachedapi runtime --role ...`` from one image, read the mounted
-x-config file, and take their secrets from the environment (names from
-``contract``). The gateway alone mounts the API keys Secret as a directory.
+x-config file, and read each secret (database URL, external Redis URL, JWT
+secret) from a mounted file named by ``<SETTING>_FILE`` (``contract``), so
+no secret is in a pod's environment. The gateway alone mounts the API keys
+Secret as a directory.
 """
 
 from __future__ import annotations
@@ -27,24 +29,48 @@ def image(api: model.CachedApi, inp: inputs.Inputs) -> str:
     return api.spec.image or inp.default_image
 
 
-def _secret_env(name: str, ref: model.SecretKeySelector) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+class _Wiring:
+    """A pod's environment, volumes and mounts, built up one setting at a time."""
+
+    def __init__(self) -> None:
+        self.env: list[dict[str, Any]] = []
+        self.volumes: list[dict[str, Any]] = []
+        self.mounts: list[dict[str, Any]] = []
+
+    def secret_file(self, setting: str, ref: model.SecretKeySelector) -> None:
+        """One key of a Secret as a read-only file, named by ``<setting>_FILE`` (never the value in env)."""
+        path = contract.secret_file_path(setting)
+        volume = setting.lower().replace("_", "-")
+        self.env.append({"name": setting + contract.FILE_SUFFIX, "value": path})
+        self.volumes.append(
+            {
+                "name": volume,
+                "secret": {
+                    "secretName": ref.name,
+                    "items": [{"key": ref.key, "path": "value"}],
+                    "defaultMode": pods.SECRET_FILE_MODE,
+                },
+            }
+        )
+        self.mounts.append({"name": volume, "mountPath": path.rsplit("/", 1)[0], "readOnly": True})
 
 
-def redis_url_env(api: model.CachedApi) -> dict[str, Any]:
+def _redis_url(api: model.CachedApi, wiring: _Wiring) -> None:
     redis = api.spec.cache.redis
     if redis.external is not None:
-        return _secret_env(contract.ENV_REDIS_URL, redis.external.urlSecretRef)
+        wiring.secret_file(contract.ENV_REDIS_URL, redis.external.urlSecretRef)
+        return
     host = f"{names.child(api, names.Role.REDIS.value)}.{api.metadata.namespace}.svc"
-    return {"name": contract.ENV_REDIS_URL, "value": f"redis://{host}:{contract.REDIS_PORT}/0"}
+    wiring.env.append({"name": contract.ENV_REDIS_URL, "value": f"redis://{host}:{contract.REDIS_PORT}/0"})
 
 
-def database_url_env(api: model.CachedApi) -> dict[str, Any]:
+def _database_url(api: model.CachedApi, wiring: _Wiring) -> None:
     db = api.spec.database
     if db.external is not None:
-        return _secret_env(contract.ENV_DATABASE_URL, db.external.urlSecretRef)
-    ref = model.SecretKeySelector(name=names.db_credentials(api), key="url")
-    return _secret_env(contract.ENV_DATABASE_URL, ref)
+        wiring.secret_file(contract.ENV_DATABASE_URL, db.external.urlSecretRef)
+    else:
+        ref = model.SecretKeySelector(name=names.db_credentials(api), key="url")
+        wiring.secret_file(contract.ENV_DATABASE_URL, ref)
 
 
 def read_secrets(api: model.CachedApi, role: names.Role) -> list[str]:
@@ -67,30 +93,28 @@ def read_secrets(api: model.CachedApi, role: names.Role) -> list[str]:
 
 
 def _env_and_volumes(api: model.CachedApi, role: names.Role) -> tuple[list[Any], list[Any], list[Any]]:
-    env: list[dict[str, Any]] = [
-        {"name": contract.ENV_CONFIG, "value": f"{contract.CONFIG_DIR}/{contract.CONFIG_FILE}"},
-        redis_url_env(api),
-    ]
-    volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": names.config_map(api)}},
-        pods.empty_dir("tmp"),
-    ]
-    mounts: list[dict[str, Any]] = [
+    wiring = _Wiring()
+    wiring.env.append({"name": contract.ENV_CONFIG, "value": f"{contract.CONFIG_DIR}/{contract.CONFIG_FILE}"})
+    wiring.volumes += [{"name": "config", "configMap": {"name": names.config_map(api)}}, pods.empty_dir("tmp")]
+    wiring.mounts += [
         {"name": "config", "mountPath": contract.CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": pods.TMP_DIR},
     ]
+    _redis_url(api, wiring)
     if role is names.Role.API:
-        env.append(database_url_env(api))
-        return env, volumes, mounts
+        _database_url(api, wiring)
+        return wiring.env, wiring.volumes, wiring.mounts
     keys = names.api_keys_secret(api)
     if keys is not None:
-        env.append({"name": contract.ENV_API_KEYS_DIR, "value": contract.API_KEYS_DIR})
-        volumes.append({"name": "api-keys", "secret": {"secretName": keys}})
-        mounts.append({"name": "api-keys", "mountPath": contract.API_KEYS_DIR, "readOnly": True})
+        wiring.env.append({"name": contract.ENV_API_KEYS_DIR, "value": contract.API_KEYS_DIR})
+        wiring.volumes.append(
+            {"name": "api-keys", "secret": {"secretName": keys, "defaultMode": pods.SECRET_FILE_MODE}}
+        )
+        wiring.mounts.append({"name": "api-keys", "mountPath": contract.API_KEYS_DIR, "readOnly": True})
     jwt = api.spec.gateway.auth.jwt
     if api.spec.gateway.auth.mode == "jwt" and jwt is not None and jwt.secretRef is not None:
-        env.append(_secret_env(contract.ENV_JWT_SECRET, jwt.secretRef))
-    return env, volumes, mounts
+        wiring.secret_file(contract.ENV_JWT_SECRET, jwt.secretRef)
+    return wiring.env, wiring.volumes, wiring.mounts
 
 
 def pod_hash(api: model.CachedApi, inp: inputs.Inputs, *, role: names.Role) -> str:

@@ -38,7 +38,7 @@ def from_environment() -> app.Gateway:
     upstream = os.environ.get(contract.ENV_UPSTREAM_URL)
     if upstream:
         config = dataclasses.replace(config, upstream_url=upstream.rstrip("/"))
-    return app.create_app(config, os.environ)
+    return app.create_app(config, contract.resolve_secret_files(os.environ))
 
 
 def wanted() -> str:

@@ -1,0 +1,21 @@
+"""Reading a rendered pod spec the way a kubelet would: where does a setting's secret come from?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cachedapi import contract
+
+
+def secret_source(pod_spec: dict[str, Any], setting: str) -> tuple[str, str]:
+    """(Secret name, key) behind ``<setting>_FILE``: env -> file path -> mount -> volume -> item."""
+    container = pod_spec["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert setting not in env, f"{setting} must not carry a secret in the environment"
+    path = env[setting + contract.FILE_SUFFIX]["value"]
+    directory, filename = path.rsplit("/", 1)
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == directory)
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod_spec["volumes"] if v["name"] == mount["name"])
+    item = next(i for i in volume["secret"]["items"] if i["path"] == filename)
+    return volume["secret"]["secretName"], item["key"]
