@@ -324,6 +324,10 @@ def entry_expiry_seconds(ttl_seconds: int, cfg: RuntimeConfig) -> int:
 
 # --- Headers the roles exchange -------------------------------------------------------------
 
+#: Both roles answer 431 past these: header fields, and bytes of them (names and values).
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 32 * 1024
+
 REQUEST_ID_HEADER = "x-request-id"
 #: Set by the gateway on a refresh it sends on behalf of a stale entry: the api role
 #: reads the database even if a fresh entry exists, and refills.

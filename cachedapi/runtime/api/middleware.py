@@ -13,14 +13,15 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cachedapi import contract
 from cachedapi.runtime import problems
 from cachedapi.runtime.api import metrics as metrics_mod
 
 #: Where ``Instrument`` leaves a one-item list for the endpoint to name its route in (a list,
 #: because the routing layers below the middleware work on copies of the scope).
 ROUTE_SLOT = "cachedapi.route"
-MAX_HEADERS = 100
-MAX_HEADER_BYTES = 32 * 1024
+MAX_HEADERS = contract.MAX_HEADERS
+MAX_HEADER_BYTES = contract.MAX_HEADER_BYTES
 
 
 class HeaderLimits:

@@ -111,7 +111,10 @@ class Gateway:
 
     async def _api(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = if_none_match = cache_control = request_id = None
-        for name, value in scope["headers"]:
+        headers = scope["headers"]
+        size = 0
+        for name, value in headers:
+            size += len(name) + len(value)
             if name == b"x-api-key":
                 token = value
             elif name == b"authorization":
@@ -123,6 +126,14 @@ class Gateway:
                 cache_control = value
             elif name == b"x-request-id":
                 request_id = value[:128]
+        if size > contract.MAX_HEADER_BYTES or len(headers) > contract.MAX_HEADERS:
+            await answers.send_problem(
+                send,
+                431,
+                detail=f"at most {contract.MAX_HEADERS} header fields and {contract.MAX_HEADER_BYTES} bytes "
+                "of them are accepted",
+            )
+            return
         if request_id is None:
             request_id = self.new_request_id()
 
