@@ -37,30 +37,10 @@ from cachedapi.operator.children import names
 from ..conftest import EXAMPLES
 from . import emulator as em
 from . import podspec
+from .bookstore import BOOKSTORE_CHILDREN
 
 NS, NAME = "shop", "bookstore"
 RESYNC_SECONDS = 1.0
-
-BOOKSTORE_CHILDREN = {
-    ("Secret", "bookstore-db-credentials"),
-    ("Secret", "bookstore-api-keys"),
-    ("ConfigMap", "bookstore-config"),
-    ("Service", "bookstore-db"),
-    ("StatefulSet", "bookstore-db"),
-    ("Service", "bookstore-redis"),
-    ("Deployment", "bookstore-redis"),
-    ("Service", "bookstore-api"),
-    ("Deployment", "bookstore-api"),
-    ("PodDisruptionBudget", "bookstore-api"),
-    ("HorizontalPodAutoscaler", "bookstore-api"),
-    ("Service", "bookstore-gateway"),
-    ("Deployment", "bookstore-gateway"),
-    ("PodDisruptionBudget", "bookstore-gateway"),
-    ("NetworkPolicy", "bookstore-gateway"),
-    ("NetworkPolicy", "bookstore-api"),
-    ("NetworkPolicy", "bookstore-redis"),
-    ("NetworkPolicy", "bookstore-db"),
-}
 
 
 @pytest.fixture
