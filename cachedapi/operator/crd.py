@@ -67,6 +67,14 @@ _RULES: dict[str, list[dict[str, str]]] = {
     "database.managed.storageClassName": [
         {"rule": "self == oldSelf", "message": "storageClassName is immutable"},
     ],
+    # A StatefulSet's volume claim template cannot change, so a new size would be silently
+    # ignored; refusing it says so (expand the PersistentVolumeClaim itself instead).
+    "database.managed.storage": [
+        {
+            "rule": "self == oldSelf",
+            "message": "storage cannot change once the database exists; expand its PersistentVolumeClaim instead",
+        },
+    ],
     "gateway.auth": [
         {"rule": "self.mode != 'jwt' || has(self.jwt)", "message": "jwt must be set when mode is jwt"},
     ],

@@ -76,6 +76,14 @@ def test_storage_class_cannot_change_after_creation() -> None:
     assert admission.admit(old, old=old) == []
 
 
+def test_database_storage_cannot_change_silently() -> None:
+    old = _api(database={"managed": {"storage": "1Gi"}})
+    new = copy.deepcopy(old)
+    new["spec"]["database"]["managed"]["storage"] = "5Gi"
+    assert any("expand its PersistentVolumeClaim" in e for e in admission.admit(new, old=old))
+    assert admission.admit(old, old=old) == []
+
+
 def test_database_cannot_switch_between_managed_and_external() -> None:
     managed = _api()
     external = _api(database={"external": {"urlSecretRef": SECRET}})
