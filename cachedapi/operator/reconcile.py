@@ -44,6 +44,9 @@ ChildKey = tuple[str, str]  # (kind, name)
 
 #: How long a create is trusted before the index shows the object (then a 409 is expected anyway).
 EXPECTATION_SECONDS = 30.0
+#: After a create met 409, look again this soon: the object exists now, so if it is ours the
+#: watch shows it within moments; if it is still missing from our index, it is someone else's.
+CONFLICT_RECHECK_SECONDS = 5.0
 
 
 class SpecError(Exception):
@@ -77,6 +80,9 @@ class Memory:
     """What one CachedApi's reconciles remember between passes (never persisted)."""
 
     created: dict[ChildKey, float] = field(default_factory=dict)
+    #: Children whose create met 409 once: ours with a lost reply, or a watch that lags. A
+    #: second 409 after the watch had time to show it means someone else's object has the name.
+    conflicted: set[ChildKey] = field(default_factory=set)
     #: The last spec parsed (by digest) and what came of it: the model, or the error. Parsing
     #: checks every resource's JSON Schema, which costs seconds for a large spec; resyncs and
     #: children's events would pay it again and again on the operator's one event loop.
@@ -250,8 +256,17 @@ class Reconciler:
                 touched.add(ckey)
                 if created is not None:
                     logger.info("created %s %s/%s", obj["kind"], namespace, ckey[1])
+                else:
+                    if ckey in memory.conflicted:
+                        failures.append(
+                            f"{obj['kind']} {ckey[1]} already exists and is not controlled by this CachedApi: "
+                            "delete or rename it"
+                        )
+                    memory.conflicted.add(ckey)
+                    memory.created[ckey] = clock - EXPECTATION_SECONDS + CONFLICT_RECHECK_SECONDS
                 continue
             memory.created.pop(ckey, None)
+            memory.conflicted.discard(ckey)
             ignore = create_only.get(ckey, [])
             if drift.differs(obj, live, ignore=ignore):
                 try:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import kmock
 import pytest
 import yaml
 
@@ -460,3 +461,30 @@ def test_without_a_cluster_the_operator_exits_with_a_message_not_a_hang(tmp_path
     )
     assert done.returncode == 1
     assert "cachedapi operator: cannot reach a cluster" in done.stderr
+
+
+async def test_a_foreign_object_with_a_childs_name_is_reported_not_taken_over(cluster: em.Cluster) -> None:
+    foreign = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bookstore-config", "namespace": NS}}
+    await cluster.create({**foreign, "data": {"owner": "someone else"}})
+    await cluster.apply_cachedapi(_bookstore())
+
+    async def reported() -> dict[str, Any] | None:
+        st = await _status(cluster)
+        message = _condition(st, "Ready").get("message", "")
+        return st if "ConfigMap bookstore-config already exists and is not controlled" in message else None
+
+    await em.eventually(reported, timeout=40)
+    # Someone else's object is left as it was.
+    stored = cluster.emulator.objects[(kmock.resource("", "v1", "configmaps"), NS, "bookstore-config")].raw
+    assert stored["data"] == {"owner": "someone else"}
+
+    # Once it is gone, the operator makes its own and the message goes.
+    await cluster.delete("ConfigMap", NS, "bookstore-config")
+    await em.eventually(lambda: ("ConfigMap", "bookstore-config") in cluster.children(NS, NAME))
+    st = await em.eventually(lambda: _status_with_not(cluster))
+    assert "already exists" not in _condition(st, "Ready").get("message", "")
+
+
+async def _status_with_not(cluster: em.Cluster) -> dict[str, Any] | None:
+    st = await _status(cluster)
+    return None if "already exists" in _condition(st, "Ready").get("message", "") else st
