@@ -22,8 +22,8 @@ async def test_a_cached_item_costs_redis_at_most_one_and_a_half_its_body_plus_20
 ) -> None:
     _, client = api
     book: dict[str, object] = {"title": "Dune", "author": "Frank Herbert", "year": 1965, "price": 9.99}
-    book["title"] = "Dune" + " " * (280 - len(orjson.dumps({"id": "dune", **book})))
-    await client.put("/v1/books/dune", json=book)
+    book["author"] = "Frank Herbert" + "." * (280 - len(orjson.dumps({"id": "dune", **book})))
+    assert (await client.put("/v1/books/dune", json=book)).status_code == 201
     first = await client.get("/v1/books/dune")
     assert (await client.get("/v1/books/dune")).headers["x-cache"] == "HIT"
     prefix = contract.key_prefix(bookstore)
