@@ -1,0 +1,10 @@
+// etcd for the e2e control plane: the upstream etcd entry point.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
