@@ -75,8 +75,12 @@ _RULES: dict[str, list[dict[str, str]]] = {
             "message": "storage cannot change once the database exists; expand its PersistentVolumeClaim instead",
         },
     ],
+    # ``mode`` may be absent: the API server checks the rule against the bare default ``{}`` too.
     "gateway.auth": [
-        {"rule": "self.mode != 'jwt' || has(self.jwt)", "message": "jwt must be set when mode is jwt"},
+        {
+            "rule": "!has(self.mode) || self.mode != 'jwt' || has(self.jwt)",
+            "message": "jwt must be set when mode is jwt",
+        },
     ],
     "gateway.auth.jwt": [
         {
