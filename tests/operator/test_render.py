@@ -193,9 +193,9 @@ def test_network_policies_allow_only_the_request_path() -> None:
     assert sources("api") == ["gateway"]
     assert sorted(sources("redis")) == ["api", "gateway"]
     assert sources("db") == ["api"]
-    assert policy("db")["egress"] == [] and policy("redis")["egress"] == []
+    assert "egress" not in policy("db") and "egress" not in policy("redis")
     for component in ("gateway", "api"):
-        assert all(rule != {} for rule in policy(component)["egress"]), "managed stores need no open egress"
+        assert all(rule != {} for rule in policy(component).get("egress", [])), "managed stores need no open egress"
 
 
 def test_autoscaling_adds_an_hpa_and_leaves_replicas_to_it() -> None:

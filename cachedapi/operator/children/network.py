@@ -35,16 +35,22 @@ def _to(api: model.CachedApi, component: str, *, port: int) -> dict[str, Any]:
 def _policy(
     api: model.CachedApi, inp: inputs.Inputs, *, component: str, ingress: list[Any], egress: list[Any]
 ) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "podSelector": {"matchLabels": names.selector(api, component)},
+        "policyTypes": ["Ingress", "Egress"],
+    }
+    # No rules for a direction means nothing is allowed that way (policyTypes names both). An
+    # empty list is left out rather than written: the API server drops it, as it drops every
+    # empty optional list, and the object would then look edited by hand on every pass.
+    if ingress:
+        spec["ingress"] = ingress
+    if egress:
+        spec["egress"] = egress
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": names.metadata(api, name=names.child(api, component), component=component, uid=inp.owner_uid),
-        "spec": {
-            "podSelector": {"matchLabels": names.selector(api, component)},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": ingress,
-            "egress": egress,
-        },
+        "spec": spec,
     }
 
 
