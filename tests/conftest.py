@@ -1,5 +1,8 @@
 """Shared fixtures: real PostgreSQL and Redis servers, started once per session.
 
+Also the real Kubernetes control plane (``cluster``, ``deployed``), built and started once
+per session for the e2e and security tests.
+
 Each test gets its own empty database (CREATE DATABASE, about 0.1 s) and a
 flushed Redis, so tests never see each other's rows or cache entries. Tests
 that stop or kill a server ask for ``fresh_postgres`` / ``fresh_redis``,
@@ -17,9 +20,12 @@ import pytest
 import redis
 
 from cachedapi import embedded, model
+from tests.e2e import build
+from tests.e2e import cluster as control_plane
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+DEPLOY = ROOT / "deploy"
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +77,18 @@ def fresh_redis() -> Iterator[embedded.RedisServer]:
 @pytest.fixture
 def bookstore() -> model.CachedApi:
     return model.load_manifest(EXAMPLES / "bookstore.yaml")[0]
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[control_plane.Cluster]:
+    """A real control plane (tests/e2e/cluster.py), built the first time; never skipped."""
+    with control_plane.Cluster(binaries=build.ensure()) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def deployed(cluster: control_plane.Cluster) -> control_plane.Cluster:
+    """``kubectl apply -k deploy/``, and the CRD Established."""
+    cluster.kubectl("apply", "-k", str(DEPLOY))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/cachedapis.cachedapi.dev", "--timeout=60s")
+    return cluster

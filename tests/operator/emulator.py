@@ -1,9 +1,11 @@
-"""A Kubernetes API emulator over HTTP (kmock) with the operator running against it as itself.
+"""A Kubernetes API emulator over HTTP (kmock), for the faults a real API server cannot easily be
+made to show: answers injected on the operator's requests (500, 503, 429, 409, a reply lost after
+the write was stored), and statuses no schema would let anyone write. Everything else about the
+operator is shown on the real control plane (tests/e2e).
 
-What the emulator does not do, the tests do explicitly and say so where
-they do it: no generation or resourceVersion bookkeeping, no status
-subresource split, no garbage collection, no workload controllers. The
-operator is ``cachedapi operator`` in a subprocess with a kubeconfig naming
+The emulator hands out uids and generations (``ApiServerEmulator``) and nothing more: no
+resourceVersion bookkeeping, no status subresource split, no garbage collection, no workload
+controllers. The operator is ``cachedapi operator`` in a subprocess with a kubeconfig naming
 the emulator, stopped by its pid whatever happens.
 
 The emulator logs every request with the RBAC verb and resource it needs and
@@ -326,24 +328,6 @@ class Cluster:
         body.setdefault("kind", model.KIND)
         result: dict[str, Any] = await self.create(body)
         return result
-
-    async def simulate_workload_controllers(self, namespace: str, instance: str, *, ready: bool = True) -> None:
-        """Play the Deployment and StatefulSet controllers: report every workload of one CachedApi
-        as rolled out (or not) at its current generation, over HTTP, as a controller would."""
-        for (kind, name), obj in self.children(namespace, instance).items():
-            if kind not in {"Deployment", "StatefulSet"}:
-                continue
-            replicas = int((obj.get("spec") or {}).get("replicas", 1))
-            generation = int((obj.get("metadata") or {}).get("generation") or 1)
-            count = replicas if ready else 0
-            status = {
-                "observedGeneration": generation,
-                "replicas": replicas,
-                "updatedReplicas": replicas,
-                "readyReplicas": count,
-                "availableReplicas": count,
-            }
-            await self.patch(kind, namespace, name, {"status": status}, sub="status")
 
 
 async def eventually(

@@ -1,27 +1,29 @@
-"""One full life of the operator against the emulator, recorded for the security tests.
+"""One full life of the operator on the real control plane, recorded for the security tests.
 
 It exercises every path that touches a Secret or needs a permission: generated Secrets, the
 user's Secrets (API keys, JWT, external Redis and PostgreSQL URLs), a missing Secret (an
 invalid spec), workloads becoming ready, a child of every kind edited by hand and one deleted,
 a rotated Secret, children an older release could have left, and a spec change that removes
-children of every other kind. The user's Secrets hold distinctive values, so that a
-leak of any of them is found by a plain text search. The operator logs at DEBUG, its most
-talkative. What comes back: the log, every object stored at the end, and every request made.
+children. The user's Secrets hold distinctive values, so that a leak of any of them is found by
+a plain text search. The operator logs at DEBUG, its most talkative. What comes back: the log,
+every object in the namespace at the end (Events included), and every request the operator
+made, as the API server's audit log recorded it with the answer it got.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..conftest import EXAMPLES
-from ..operator import emulator as em
+from tests.e2e import cluster as control_plane
+from tests.e2e.conftest import EXAMPLES, apply, eventually, restricted_namespace, running_operator
 
 NS = "vault"
 #: The values of the user's Secrets, each unlike anything else the operator could print.
@@ -32,19 +34,28 @@ SENTINELS = {
     "pg": "postgresql://app:SENTINEL-pg-pass-9aa1c4@db.example:5432/app",
     "rotated": "SENTINEL-rotated-key-c55e02",
 }
+KINDS = (
+    "cachedapis,deployments,statefulsets,services,configmaps,secrets,networkpolicies,"
+    "poddisruptionbudgets,horizontalpodautoscalers,events,pods"
+)
 
 
 @dataclass(frozen=True)
 class Record:
     log: str
     objects: list[dict[str, Any]]
-    requests: list[em.Seen]
+    #: The operator's requests (audit events), each with ``verb``, ``objectRef`` and ``responseStatus``.
+    requests: list[dict[str, Any]]
     #: Every secret value the run handled: the sentinels and the values the operator generated.
     secret_values: list[str]
 
 
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
 def _secret(name: str, data: dict[str, str]) -> dict[str, Any]:
-    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    encoded = {k: _b64(v) for k, v in data.items()}
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS}, "data": encoded}
 
 
@@ -55,109 +66,142 @@ def _bookstore(name: str, **spec: Any) -> dict[str, Any]:
     return body
 
 
-async def _run(workdir: Path) -> Record:
-    async with em.emulated_cluster() as cluster:
-        with em.operator_process(
-            server=cluster.url, workdir=workdir, resync_seconds=1.0, extra_env={"CACHEDAPI_LOG_LEVEL": "DEBUG"}
-        ):
-            await cluster.create(_secret("user-keys", {"ci": SENTINELS["api-key"]}))
-            await cluster.create(_secret("jwt", {"hs256": SENTINELS["jwt"]}))
-            await cluster.create(_secret("ext", {"redis": SENTINELS["redis"], "pg": SENTINELS["pg"]}))
-            managed = _bookstore("managed")
-            own_keys = _bookstore("own-keys", gateway={"auth": {"apiKeysSecretRef": {"name": "user-keys"}}})
-            external = _bookstore(
-                "external",
-                gateway={
-                    "auth": {"mode": "jwt", "jwt": {"issuer": "me", "secretRef": {"name": "jwt", "key": "hs256"}}}
-                },
-                cache={"redis": {"external": {"urlSecretRef": {"name": "ext", "key": "redis"}}}},
-                database={"external": {"urlSecretRef": {"name": "ext", "key": "pg"}}},
-            )
-            missing = _bookstore("missing", gateway={"auth": {"apiKeysSecretRef": {"name": "nowhere"}}})
-            for body in (managed, own_keys, external, missing):
-                await cluster.apply_cachedapi(body)
+def _children(cluster: control_plane.Cluster, name: str) -> dict[tuple[str, str], dict[str, Any]]:
+    kinds = KINDS.replace("cachedapis,", "").replace(",events,pods", "")
+    items = cluster.get_json(kinds, "-n", NS, "-l", f"app.kubernetes.io/instance={name}")["items"]
+    return {(o["kind"], o["metadata"]["name"]): o for o in items}
 
-            def built(name: str) -> bool:
-                return ("Deployment", f"{name}-gateway") in cluster.children(NS, name)
 
-            for name in ("managed", "own-keys", "external"):
-                await em.eventually(lambda n=name: built(n), timeout=60)
-                await cluster.simulate_workload_controllers(NS, name)
+def _phase(cluster: control_plane.Cluster, name: str) -> str:
+    obj = cluster.get_json("cachedapi", name, "-n", NS)
+    return str((obj.get("status") or {}).get("phase", ""))
 
-            async def ready(name: str) -> bool:
-                obj = await cluster.get("CachedApi", NS, name)
-                return ((obj or {}).get("status") or {}).get("phase") == "Ready"
 
-            for name in ("managed", "own-keys", "external"):
-                await em.eventually(lambda n=name: ready(n), timeout=60)
+def _merge(cluster: control_plane.Cluster, kind: str, name: str, patch: dict[str, Any]) -> None:
+    cluster.kubectl("patch", kind, name, "-n", NS, "--type=merge", "-p", json.dumps(patch))
 
-            async def reported_missing() -> bool:
-                obj = await cluster.get("CachedApi", NS, "missing")
-                return ((obj or {}).get("status") or {}).get("phase") == "Failed"
 
-            await em.eventually(reported_missing, timeout=60)
+def _life(cluster: control_plane.Cluster) -> None:
+    restricted_namespace(cluster, NS)
+    for secret in (
+        _secret("user-keys", {"ci": SENTINELS["api-key"]}),
+        _secret("jwt", {"hs256": SENTINELS["jwt"]}),
+        _secret("ext", {"redis": SENTINELS["redis"], "pg": SENTINELS["pg"]}),
+    ):
+        apply(cluster, secret)
+    jwt = {"auth": {"mode": "jwt", "jwt": {"issuer": "me", "secretRef": {"name": "jwt", "key": "hs256"}}}}
+    external_redis = {"redis": {"external": {"urlSecretRef": {"name": "ext", "key": "redis"}}}}
+    for body in (
+        _bookstore("managed"),
+        _bookstore("own-keys", gateway={"auth": {"apiKeysSecretRef": {"name": "user-keys"}}}),
+        _bookstore(
+            "external",
+            gateway=jwt,
+            cache=external_redis,
+            database={"external": {"urlSecretRef": {"name": "ext", "key": "pg"}}},
+        ),
+        _bookstore("missing", gateway={"auth": {"apiKeysSecretRef": {"name": "nowhere"}}}),
+    ):
+        apply(cluster, body)
+    for name in ("managed", "own-keys", "external"):
+        eventually(lambda n=name: _phase(cluster, n) == "Ready", what=f"{name} Ready")  # type: ignore[misc]
+    eventually(lambda: _phase(cluster, "missing") == "Failed", what="missing reported")
 
-            # By hand: a child of every kind edited, one deleted, a Secret rotated.
-            drifts = {
-                ("Deployment", "managed-gateway"): {"spec": {"replicas": 9}},
-                ("StatefulSet", "managed-db"): {"spec": {"replicas": 0}},
-                ("Service", "managed-gateway"): {"spec": {"type": "NodePort"}},
-                ("ConfigMap", "managed-config"): {"data": {"config.json": "{}"}},
-                ("NetworkPolicy", "managed-api"): {"spec": {"ingress": []}},
-                ("PodDisruptionBudget", "managed-api"): {"spec": {"maxUnavailable": 3}},
-                ("HorizontalPodAutoscaler", "managed-api"): {"spec": {"maxReplicas": 99}},
-            }
-            before = cluster.children(NS, "managed")
-            for (kind, name), patch in drifts.items():
-                await cluster.patch(kind, NS, name, patch)
-            await cluster.delete("Service", NS, "managed-api")
-            await cluster.patch("Secret", NS, "user-keys", {"data": {"ci": _b64(SENTINELS["rotated"])}})
+    # By hand: a child of every kind edited, one deleted, a Secret rotated.
+    drifts = {
+        ("deployment", "managed-gateway"): {"spec": {"replicas": 9}},
+        ("statefulset", "managed-db"): {"spec": {"replicas": 0}},
+        ("service", "managed-gateway"): {"metadata": {"labels": {"app.kubernetes.io/component": "x"}}},
+        ("configmap", "managed-config"): {"data": {"config.json": "{}"}},
+        ("networkpolicy", "managed-api"): {"spec": {"ingress": []}},
+        ("poddisruptionbudget", "managed-api"): {"spec": {"maxUnavailable": 3}},
+        ("horizontalpodautoscaler", "managed-api"): {"spec": {"maxReplicas": 99}},
+    }
+    before = _children(cluster, "managed")
+    for (kind, name), patch in drifts.items():
+        _merge(cluster, kind, name, patch)
+    cluster.kubectl("delete", "service", "managed-api", "-n", NS)
+    _merge(cluster, "secret", "user-keys", {"data": {"ci": _b64(SENTINELS["rotated"])}})
 
-            def restored() -> bool:
-                now = cluster.children(NS, "managed")
-                return ("Service", "managed-api") in now and all(
-                    now[key].get("spec", now[key].get("data")) == before[key].get("spec", before[key].get("data"))
-                    for key in drifts
-                )
+    def restored() -> bool:
+        now = _children(cluster, "managed")
+        if ("Service", "managed-api") not in now:
+            return False
+        for kind, name in drifts:
+            key = next(k for k in now if k[0].lower() == kind and k[1] == name)
+            was, is_ = before[key], now[key]
+            if was.get("data") != is_.get("data") or was["metadata"]["labels"] != is_["metadata"]["labels"]:
+                return False
+            if kind != "configmap" and not _same_spec(was["spec"], is_["spec"]):
+                return False
+        return True
 
-            await em.eventually(restored, timeout=60)
+    eventually(restored, what="every edited child put back")
 
-            # Children an older release might have left (same owner, names this one does not make),
-            # and a spec that drops the HPA, the managed Redis and the managed PostgreSQL.
-            uid = (await cluster.get("CachedApi", NS, "managed") or {})["metadata"]["uid"]
-            template = before[("ConfigMap", "managed-config")]["metadata"]
-            stale = {"labels": template["labels"], "ownerReferences": template["ownerReferences"]}
-            assert stale["ownerReferences"][0]["uid"] == uid
-            for kind, extra in (("ConfigMap", {"data": {}}), ("PodDisruptionBudget", {"spec": {"maxUnavailable": 1}})):
-                meta = {"name": "managed-stale", "namespace": NS, **copy.deepcopy(stale)}
-                api_version = "v1" if kind == "ConfigMap" else "policy/v1"
-                await cluster.create({"apiVersion": api_version, "kind": kind, "metadata": meta, **extra})
-            await cluster.patch(
-                "CachedApi",
-                NS,
-                "managed",
-                {
-                    "spec": {
-                        "api": {"autoscaling": None},
-                        "cache": {
-                            "redis": {"managed": None, "external": {"urlSecretRef": {"name": "ext", "key": "redis"}}}
-                        },
-                        "database": {"managed": None, "external": {"urlSecretRef": {"name": "ext", "key": "pg"}}},
-                    }
-                },
-            )
+    # Children an older release might have left (same owner, names this one does not make),
+    # and a spec that drops the HPA and the managed Redis.
+    meta = before[("ConfigMap", "managed-config")]["metadata"]
+    stale = {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]}
+    for kind, api_version, extra in (
+        ("ConfigMap", "v1", {"data": {}}),
+        ("PodDisruptionBudget", "policy/v1", {"spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"a": "b"}}}}),
+        ("StatefulSet", "apps/v1", {"spec": _stale_stateful_set()}),
+    ):
+        body = {"apiVersion": api_version, "kind": kind, "metadata": {"name": "managed-stale", "namespace": NS}}
+        body["metadata"].update(copy.deepcopy(stale))
+        apply(cluster, {**body, **extra})
+    body = _bookstore("managed", cache=external_redis)
+    del body["spec"]["api"]["autoscaling"]
+    apply(cluster, body)
 
-            def pruned() -> bool:
-                now = {name for _, name in cluster.children(NS, "managed")}
-                return not now & {"managed-stale", "managed-redis", "managed-db"} and (
-                    ("HorizontalPodAutoscaler", "managed-api") not in cluster.children(NS, "managed")
-                )
+    def pruned() -> bool:
+        now = _children(cluster, "managed")
+        return not {name for _, name in now} & {"managed-stale", "managed-redis"} and (
+            ("HorizontalPodAutoscaler", "managed-api") not in now
+        )
 
-            await em.eventually(pruned, timeout=60)
-            await asyncio.sleep(2.5)  # a couple of resyncs more, reading every referenced Secret
+    eventually(pruned, what="the children no longer asked for deleted")
+    eventually(lambda: _phase(cluster, "managed") == "Ready", what="managed Ready again")
+    time.sleep(2.5)  # a couple of resyncs more, reading every referenced Secret
 
-            objects = [dict(obj.raw) for obj in cluster.emulator.objects.values() if not obj.deleted]
-            requests = list(cluster.emulator.log)
+
+def _same_spec(before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Specs equal but for what controllers write back (the HPA may set replicas, say)."""
+    return {k: v for k, v in before.items() if k != "replicas"} == {k: v for k, v in now.items() if k != "replicas"}
+
+
+def _stale_stateful_set() -> dict[str, Any]:
+    labels = {"app": "stale"}
+    container = {
+        "name": "c",
+        "image": "stale",
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    return {
+        "replicas": 0,
+        "serviceName": "managed-stale",
+        "selector": {"matchLabels": labels},
+        "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+    }
+
+
+def run(cluster: control_plane.Cluster, workdir: Path) -> Record:
+    """The scenario, start to end, with an operator of its own at DEBUG."""
+    started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    with running_operator(cluster, workdir, env={"CACHEDAPI_LOG_LEVEL": "DEBUG"}) as operator:
+        _life(cluster)
+    objects = cluster.get_json(KINDS, "-n", NS)["items"]
+    requests = [
+        e
+        for e in cluster.audit_events()
+        if e["user"]["username"] == control_plane.OPERATOR_USER and e["stageTimestamp"] >= started
+    ]
     generated = [
         base64.b64decode(value).decode()
         for obj in objects
@@ -165,18 +209,10 @@ async def _run(workdir: Path) -> Record:
         for key, value in obj["data"].items()
         if key in {"password", "default", "url"}
     ]
+    cluster.kubectl("delete", "namespace", NS, "--wait=false")
     return Record(
-        log=(workdir / "operator.log").read_text(errors="replace"),
+        log=operator.log,
         objects=objects,
         requests=requests,
         secret_values=[*SENTINELS.values(), *generated],
     )
-
-
-def _b64(value: str) -> str:
-    return base64.b64encode(value.encode()).decode()
-
-
-def run(workdir: Path) -> Record:
-    """The scenario, start to end, on an event loop of its own."""
-    return asyncio.run(_run(workdir))

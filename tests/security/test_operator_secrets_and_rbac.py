@@ -1,9 +1,11 @@
 """Secrets stay in Secrets, and the operator's ClusterRole is exactly what it uses.
 
-Both read one recorded run of the operator (``scenario``): secret values must appear in no log
-line and no stored object but a Secret (ConfigMaps, CachedApi statuses and Events included),
-base64 or not; and every (verb, resource) the operator called must be granted by deploy/'s
-ClusterRole, which must grant nothing the run did not use. (kopf's own share is in there too:
+Both read one recorded run of the operator on the real control plane (``scenario``): secret
+values must appear in no log line and no stored object but a Secret (ConfigMaps, CachedApi
+statuses and Events included), base64 or not; and every (verb, resource) the operator called,
+as the API server's audit log recorded it, must have been allowed by deploy/'s ClusterRole
+(which the server enforced: the operator runs as its ServiceAccount), and the ClusterRole must
+grant nothing the run did not use. (kopf's own share is in there too:
 list and watch of CustomResourceDefinitions, of CachedApis and of every child kind; no grant is
 needed only for situations the run does not reach, so there is no list of exceptions.)
 """
@@ -18,14 +20,15 @@ import yaml
 
 from cachedapi import model
 from cachedapi.operator import children
+from tests.e2e import cluster as control_plane
 
 from ..conftest import EXAMPLES, ROOT
 from . import scenario
 
 
 @pytest.fixture(scope="module")
-def record(tmp_path_factory: pytest.TempPathFactory) -> scenario.Record:
-    return scenario.run(tmp_path_factory.mktemp("scenario"))
+def record(deployed: control_plane.Cluster, tmp_path_factory: pytest.TempPathFactory) -> scenario.Record:
+    return scenario.run(deployed, tmp_path_factory.mktemp("scenario"))
 
 
 def _forms(value: str) -> list[str]:
@@ -78,17 +81,20 @@ def _granted() -> set[tuple[str, str, str]]:
 
 def _used(record: scenario.Record) -> set[tuple[str, str, str]]:
     used = set()
-    for seen in record.requests:
-        if seen.by_test or not seen.verb:
-            continue  # the test's own requests; discovery (open to every authenticated user)
-        group, resource = seen.resource.split("/", 1)
-        used.add((seen.verb, group, resource))
+    for event in record.requests:
+        ref = event.get("objectRef")
+        if not ref:
+            continue  # discovery (open to every authenticated user)
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        used.add((event["verb"], ref.get("apiGroup", ""), resource))
     return used
 
 
 def test_every_call_the_operator_made_is_granted_by_its_cluster_role(record: scenario.Record) -> None:
     used = _used(record)
     assert ("create", "", "secrets") in used and ("patch", "cachedapi.dev", "cachedapis/status") in used
+    refused = [f"{e['verb']} {e['requestURI']}" for e in record.requests if e["responseStatus"]["code"] == 403]
+    assert refused == [], "the API server refused the operator"
     assert used - _granted() == set(), "the operator called what its ClusterRole does not grant"
 
 
