@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 import psycopg
 import pytest
+
+from cachedapi import embedded, model
+
+from .conftest import runtime_config, serve
 
 BOOK = {"title": "Dune", "author": "Frank Herbert", "year": 1965}
 
@@ -201,3 +207,21 @@ async def test_too_many_or_too_large_headers_are_431_problem(client: httpx.Async
         assert resp.status_code == 431
         assert resp.headers["content-type"] == "application/problem+json"
     assert (await client.get("/v1/books", headers={"x-some": "y" * 1000})).status_code == 200
+
+
+async def test_a_database_not_in_utf8_still_gives_and_takes_json(
+    bookstore: model.CachedApi, postgres_server: embedded.PostgresServer, redis_url: str
+) -> None:
+    # initdb without a locale makes SQL_ASCII databases; psycopg then returned bytes, not JSON.
+    name = f"ascii_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' TEMPLATE template0")
+    url = postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        async with serve(runtime_config(bookstore), database_url=url, redis_url=redis_url) as (_, client):
+            created = await _create(client, {"title": "Dune — la épica", "author": "Frank Herbert"})
+            fetched = await client.get(created.headers["location"])
+            assert fetched.status_code == 200 and fetched.json()["title"] == "Dune — la épica"
+    finally:
+        with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

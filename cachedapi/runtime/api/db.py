@@ -81,7 +81,9 @@ class Database:
             max_size=10,
             open=False,
             timeout=timeout,
-            kwargs={"autocommit": True, "connect_timeout": 2},
+            # UTF-8 whatever the database's own encoding: with a SQL_ASCII database (what initdb
+            # makes where no locale is set) psycopg would hand back bytes instead of text and JSON.
+            kwargs={"autocommit": True, "connect_timeout": 2, "client_encoding": "utf8"},
             configure=self._configure,
             # Give up a failed background connection at once: the next request that needs one
             # makes the pool try again, so recovery is not delayed by an exponential backoff.
