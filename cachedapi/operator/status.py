@@ -49,9 +49,10 @@ def observe(*, role: Role, kind: str, live: dict[str, Any] | None, desired: int 
     want = desired if desired is not None else int(spec.get("replicas", 1))
     generation = int((live.get("metadata") or {}).get("generation") or 1)
     current = "observedGeneration" in status and int(status["observedGeneration"]) >= generation
+    # The API server leaves out counts that are 0: absent means none, never "all of them".
     ready = int(status.get("readyReplicas") or 0)
-    available_count = int(status.get("availableReplicas", ready) or 0)
-    updated = int(status.get("updatedReplicas", want) or 0)
+    available_count = int(status.get("availableReplicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
     available = current and available_count >= want and updated >= want and ready >= want
     return Workload(
         role=role,

@@ -90,3 +90,14 @@ def test_an_invalid_spec_keeps_what_was_known_and_says_why() -> None:
     assert conditions["SpecValid"]["message"] == "spec.x: wrong" and conditions["Ready"]["status"] == "False"
     assert conditions["GatewayReady"]["lastTransitionTime"] == "T1"
     assert bad["endpoint"] == first["endpoint"]
+
+
+def test_a_count_the_api_server_left_out_is_zero_not_all() -> None:
+    # A rollout that has just begun: the new ReplicaSet has no pod yet, so updatedReplicas is 0,
+    # and the API server leaves zero counts out. The old pods are all ready and available.
+    live = _deployment(replicas=3, ready=3)
+    del live["status"]["updatedReplicas"]
+    seen = status.observe(role=Role.API, kind="Deployment", live=live, desired=3, touched=False)
+    assert not seen.available
+    st = _compute({}, {**_workloads(), Role.API: seen}, now="2026-01-01T00:00:00Z")
+    assert st["phase"] != "Ready"
