@@ -83,5 +83,7 @@ class Controller:
         await self.indexed.wait()
         while True:
             await asyncio.sleep(self.resync_seconds)
+            if self.reconciler is not None:
+                self.reconciler.forget_secrets()
             for key in list(self.indices.get(OWNER_INDEX) or {}):
                 self.request(key)

@@ -87,6 +87,17 @@ class Memory:
     #: checks every resource's JSON Schema, which costs seconds for a large spec; resyncs and
     #: children's events would pay it again and again on the operator's one event loop.
     parsed: tuple[str, model.CachedApi | str] | None = None
+    #: The desired children (less Secrets) for the last (spec, uid, Secret digests) seen, each
+    #: with what drift compares of it: rebuilt only when one of those changes, not on every pass
+    #: (a new CachedApi's children's events make a dozen passes, each rendering and copying).
+    desired: tuple[Any, list[Desired]] | None = None
+
+
+@dataclass(frozen=True)
+class Desired:
+    obj: dict[str, Any]
+    ignore: list[tuple[str, ...]]
+    compared: dict[str, Any]
 
 
 def now_iso() -> str:
@@ -99,9 +110,29 @@ class Reconciler:
     def __init__(self, client: kube.Client) -> None:
         self.client = client
         self.memory: dict[Key, Memory] = {}
+        #: Secrets as last read, by (namespace, name), until the next periodic resync
+        #: (``forget_secrets``). Secrets are not watched (that would mean reading every Secret in
+        #: the cluster), so they are read by name; without this, every pass re-read them, and a
+        #: new CachedApi's children's events make a dozen passes: on a hundred new CachedApis,
+        #: the most frequent request the API server got. A Secret that does not exist is never
+        #: remembered, so one the user creates is seen at the next pass.
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
 
     def forget(self, key: Key) -> None:
         self.memory.pop(key, None)
+
+    def forget_secrets(self) -> None:
+        """Read every Secret again at its next use (each periodic resync calls this)."""
+        self.secrets.clear()
+
+    async def _secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        cached = self.secrets.get((namespace, name))
+        if cached is not None:
+            return cached
+        live = await self.client.get(kube.SECRET, namespace=namespace, name=name)
+        if live is not None:
+            self.secrets[(namespace, name)] = live
+        return live
 
     async def reconcile(self, body: Mapping[str, Any], children: Mapping[ChildKey, dict[str, Any]]) -> None:
         accepted = self.client.accepted
@@ -133,12 +164,11 @@ class Reconciler:
             await self._write_status(key, body=body, old=old_status, new=new_status, stored=stored_status)
             return
 
-        inputs = builders.Inputs(owner_uid=meta["uid"], api_key="", db_password="", secret_digests=digests)
-        desired = [obj for obj in builders.desired_objects(api, inputs) if obj["kind"] != "Secret"]
+        desired = self._desired(api, memory, uid=meta["uid"], digests=digests)
         failures: list[str] = []
-        touched = await self._converge(api, desired=desired, children=children, memory=memory, failures=failures)
+        touched = await self._converge(desired=desired, children=children, memory=memory, failures=failures)
         logger.debug("%s/%s: %d children observed, %d written", key[0], key[1], len(children), len(touched))
-        await self._prune(desired, children, uid=meta["uid"])
+        await self._prune([d.obj for d in desired], children, uid=meta["uid"])
 
         workloads = self._workloads(api, children=children, touched=touched)
         new_status = status.compute(
@@ -193,7 +223,7 @@ class Reconciler:
         digests: dict[str, str] = {}
         found: dict[str, dict[str, Any]] = {}
         for name, where in secrets.referenced(api).items():
-            live = await self.client.get(kube.SECRET, namespace=api.metadata.namespace, name=name)
+            live = await self._secret(api.metadata.namespace, name)
             if live is None:
                 raise SpecError(f"{where}: secret {name} not found in namespace {api.metadata.namespace}")
             found[name] = live
@@ -209,13 +239,18 @@ class Reconciler:
         digests: dict[str, str] = {}
         for wanted in secrets.generated(api, fresh):
             name = wanted["metadata"]["name"]
-            live = await self.client.get(kube.SECRET, namespace=api.metadata.namespace, name=name)
+            live = await self._secret(api.metadata.namespace, name)
+            owners = {r.get("uid") for r in ((live or {}).get("metadata") or {}).get("ownerReferences") or []}
+            if live is not None and uid not in owners:
+                # Remembered from a CachedApi of the same name that was deleted (and its Secrets
+                # with it), or the user's own: look at what is there now.
+                self.secrets.pop((api.metadata.namespace, name), None)
+                live = await self._secret(api.metadata.namespace, name)
             if live is None:
                 created = await self.client.create(wanted)
                 logger.info("created Secret %s/%s", api.metadata.namespace, name)
-                live = (
-                    created or await self.client.get(kube.SECRET, namespace=api.metadata.namespace, name=name) or wanted
-                )
+                live = created or await self._secret(api.metadata.namespace, name) or wanted
+                self.secrets[(api.metadata.namespace, name)] = live
             data = live.get("data")
             if data is None and live.get("stringData"):
                 data = {k: base64.b64encode(str(v).encode()).decode() for k, v in live["stringData"].items()}
@@ -224,11 +259,26 @@ class Reconciler:
 
     # --- converge ------------------------------------------------------------------------------
 
+    @staticmethod
+    def _desired(api: model.CachedApi, memory: Memory, *, uid: str, digests: dict[str, str]) -> list[Desired]:
+        assert memory.parsed is not None
+        key = (memory.parsed[0], uid, tuple(sorted(digests.items())))
+        if memory.desired is None or memory.desired[0] != key:
+            inputs = builders.Inputs(owner_uid=uid, api_key="", db_password="", secret_digests=digests)
+            create_only = builders.create_only_paths(api)
+            built = []
+            for obj in builders.desired_objects(api, inputs):
+                if obj["kind"] == "Secret":
+                    continue
+                ignore = create_only.get((obj["kind"], obj["metadata"]["name"]), [])
+                built.append(Desired(obj, ignore, drift.comparable(obj, ignore=ignore)))
+            memory.desired = (key, built)
+        return memory.desired[1]
+
     async def _converge(
         self,
-        api: model.CachedApi,
         *,
-        desired: list[dict[str, Any]],
+        desired: list[Desired],
         children: Mapping[ChildKey, dict[str, Any]],
         memory: Memory,
         failures: list[str],
@@ -236,9 +286,9 @@ class Reconciler:
         """Create what is missing and patch what drifted; a child the API server refuses is
         reported in ``failures`` and does not stop the others."""
         touched: set[ChildKey] = set()
-        create_only = builders.create_only_paths(api)
         clock = time.monotonic()
-        for obj in desired:
+        for want in desired:
+            obj = want.obj
             ckey = (obj["kind"], obj["metadata"]["name"])
             live = children.get(ckey)
             namespace = obj["metadata"]["namespace"]
@@ -267,8 +317,8 @@ class Reconciler:
                 continue
             memory.created.pop(ckey, None)
             memory.conflicted.discard(ckey)
-            ignore = create_only.get(ckey, [])
-            if drift.differs(obj, live, ignore=ignore):
+            ignore = want.ignore
+            if drift.differs(obj, live, ignore=ignore, compared=want.compared):
                 try:
                     await self.client.patch(
                         kube.kind_of(obj),
@@ -282,7 +332,7 @@ class Reconciler:
                     failures.append(f"patching {obj['kind']} {ckey[1]}: {exc}")
                     continue
                 touched.add(ckey)
-                logger.info("patched %s %s/%s back to the spec", obj["kind"], namespace, ckey[1])
+                logger.info("patched %s %s/%s to the spec", obj["kind"], namespace, ckey[1])
         return touched
 
     async def _prune(
