@@ -95,7 +95,19 @@ def _comparable(desired: dict[str, Any], ignore: Iterable[tuple[str, ...]]) -> d
     return body
 
 
-def differs(desired: dict[str, Any], live: dict[str, Any], *, ignore: Iterable[tuple[str, ...]] = ()) -> bool:
+def comparable(desired: dict[str, Any], *, ignore: Iterable[tuple[str, ...]] = ()) -> dict[str, Any]:
+    """What ``differs`` compares of ``desired`` (a copy): worth keeping while the spec is unchanged."""
+    return _comparable(desired, ignore)
+
+
+def differs(
+    desired: dict[str, Any],
+    live: dict[str, Any],
+    *,
+    ignore: Iterable[tuple[str, ...]] = (),
+    compared: dict[str, Any] | None = None,
+) -> bool:
+    """``compared``, when given, is ``comparable(desired, ignore=ignore)`` computed earlier."""
     meta, live_meta = desired["metadata"], live.get("metadata") or {}
     if not contains(meta.get("labels") or {}, live_meta.get("labels") or {}):
         return True
@@ -103,7 +115,7 @@ def differs(desired: dict[str, Any], live: dict[str, Any], *, ignore: Iterable[t
         return True
     if not _owner_refs_hold(meta, live_meta):
         return True
-    return not contains(_comparable(desired, ignore), live)
+    return not contains(compared if compared is not None else _comparable(desired, ignore), live)
 
 
 def patch_body(
