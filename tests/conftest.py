@@ -92,3 +92,19 @@ def deployed(cluster: control_plane.Cluster) -> control_plane.Cluster:
     cluster.kubectl("apply", "-k", str(DEPLOY))
     cluster.kubectl("wait", "--for=condition=Established", "crd/cachedapis.cachedapi.dev", "--timeout=60s")
     return cluster
+
+
+#: Test directories whose tests take more than seconds each: a real control plane, podman, load
+#: scenarios, fuzzing, the policy scan. ``pytest -m "not slow"`` is a developer's inner loop
+#: (a few minutes); plain ``pytest`` (the README's command, CI) runs everything.
+SLOW = ("e2e", "reliability", "security")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        parts = item.path.resolve().relative_to(tests).parts
+        if parts and parts[0] in SLOW:
+            item.add_marker(pytest.mark.slow)
+        if parts and parts[0] in {"e2e", "security"}:
+            item.add_marker(pytest.mark.e2e)

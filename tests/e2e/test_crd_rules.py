@@ -20,9 +20,7 @@ import yaml
 from cachedapi import model
 from tests.e2e import cluster as control_plane
 
-from .conftest import EXAMPLES
-
-pytestmark = pytest.mark.e2e
+from .harness import EXAMPLES
 
 SECRET = {"name": "s", "key": "k"}
 

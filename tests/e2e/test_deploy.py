@@ -8,7 +8,7 @@ from cachedapi.operator import crd
 from tests.e2e import build
 from tests.e2e import cluster as control_plane
 
-from .conftest import DEPLOY, eventually
+from .harness import DEPLOY, eventually
 
 
 def test_the_control_plane_is_the_pinned_release_with_a_ready_node(cluster: control_plane.Cluster) -> None:

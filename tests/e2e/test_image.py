@@ -25,9 +25,7 @@ from cachedapi import model
 from cachedapi.operator import render
 from tests.e2e import image, pods
 
-from .conftest import EXAMPLES, ROOT
-
-pytestmark = pytest.mark.e2e
+from .harness import EXAMPLES, ROOT
 
 
 @pytest.fixture(scope="module")

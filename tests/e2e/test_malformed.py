@@ -19,9 +19,9 @@ import pytest
 
 from tests.e2e import cluster as control_plane
 
-from .conftest import condition, eventually, restricted_namespace
+from .harness import condition, eventually, restricted_namespace
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator")]
+pytestmark = pytest.mark.usefixtures("operator")
 
 NS = "corpus"
 GOOD = "good"

@@ -29,7 +29,7 @@ from tests.e2e import cluster as control_plane
 from tests.operator import podspec
 from tests.operator.bookstore import BOOKSTORE_CHILDREN
 
-from .conftest import EXAMPLES, RESYNC_SECONDS, Operator, apply, condition, eventually, load
+from .harness import EXAMPLES, RESYNC_SECONDS, Operator, apply, condition, eventually, load
 
 NAME = "bookstore"
 KINDS = (
@@ -40,7 +40,7 @@ WRITES = {"create", "update", "patch", "delete", "deletecollection"}
 #: it stays Pending, never Ready, like a pod whose image will not start.
 NEVER_READY = {"kwok.x-k8s.io/status": "custom"}
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator")]
+pytestmark = pytest.mark.usefixtures("operator")
 
 
 def _bookstore(namespace: str) -> dict[str, Any]:

@@ -15,9 +15,7 @@ import pytest
 
 from tests.e2e import cluster as control_plane
 
-from .conftest import DEPLOY, EXAMPLES, Operator, apply, condition, eventually, load
-
-pytestmark = pytest.mark.e2e
+from .harness import DEPLOY, EXAMPLES, Operator, apply, condition, eventually, load
 
 CLUSTER_ROLE = "cachedapi-operator"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from typing import Any
 
@@ -12,16 +11,19 @@ import yaml
 
 from cachedapi.operator import kube
 from cachedapi.operator.children import inputs
+from tests.e2e import build
 
 from ..conftest import ROOT
 
 
 @pytest.fixture(scope="module")
 def rendered() -> list[dict[str, Any]]:
-    if shutil.which("kubectl") is None:
-        pytest.skip("needs kubectl on PATH for `kubectl kustomize`")
     done = subprocess.run(
-        ["kubectl", "kustomize", str(ROOT / "deploy")], capture_output=True, text=True, timeout=120, check=False
+        [build.ensure(quiet=True).path("kubectl"), "kustomize", str(ROOT / "deploy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     return [d for d in yaml.safe_load_all(done.stdout) if d]

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from tests.e2e import cluster as control_plane
-from tests.e2e.conftest import EXAMPLES, apply, eventually, restricted_namespace, running_operator
+from tests.e2e.harness import EXAMPLES, apply, eventually, restricted_namespace, running_operator
 
 NS = "vault"
 #: The values of the user's Secrets, each unlike anything else the operator could print.
