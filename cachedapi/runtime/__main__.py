@@ -1,7 +1,8 @@
 """``python -m cachedapi.runtime --role gateway|api``: the same as ``cachedapi runtime``."""
 
-import sys
+import argparse
 
-from cachedapi import cli
+from cachedapi.runtime import main
 
-raise SystemExit(cli.main(["runtime", *sys.argv[1:]]))
+parser = main.add_arguments(argparse.ArgumentParser(prog="python -m cachedapi.runtime", description=__doc__))
+raise SystemExit(main.main(parser.parse_args()))

@@ -1,19 +1,27 @@
 """``cachedapi runtime --role gateway|api``: read the configuration once, then serve.
 
-The HTTP server is uvicorn with uvloop and httptools (measured against the
-alternatives in ``bench/``); access logs are off because the roles count
-requests in ``/metrics`` instead.
+The api role's HTTP server is uvicorn with uvloop and httptools; the gateway's is
+granian (``gateway/server``), each measured against the alternatives in ``bench/``.
+Access logs are off because the roles count requests in ``/metrics`` instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 
 from cachedapi import contract
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``cachedapi runtime``'s options (also ``python -m cachedapi.runtime``'s)."""
+    parser.add_argument("--role", choices=["gateway", "api"], required=True)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=None, help="default: the role's port from the contract")
+    parser.add_argument("--config", default=None, help="configuration file (default: $CACHEDAPI_CONFIG)")
+    return parser
 
 
 def main(args: argparse.Namespace) -> int:
@@ -25,13 +33,10 @@ def main(args: argparse.Namespace) -> int:
         args.config or os.environ.get(contract.ENV_CONFIG) or os.path.join(contract.CONFIG_DIR, contract.CONFIG_FILE)
     )
     try:
-        config = contract.load_config(config_path)
+        config = contract.load_config(config_path, os.environ)
     except (OSError, ValueError) as exc:
         print(f"cachedapi runtime: cannot read configuration {config_path}: {exc}", file=sys.stderr)
         return 2
-    upstream = os.environ.get(contract.ENV_UPSTREAM_URL)
-    if upstream:
-        config = dataclasses.replace(config, upstream_url=upstream.rstrip("/"))
 
     if args.role == "api":
         from cachedapi.runtime.api import app as role_app

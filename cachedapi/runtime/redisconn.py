@@ -1,4 +1,4 @@
-"""One pipelined Redis connection: every request's command in one syscall (the gateway's, and the api role's reads).
+"""The one Redis client of both roles: a pipelined connection, every request's command in one syscall.
 
 Why not ``redis.asyncio``: it takes a connection from a pool per command and
 writes and reads each command on its own, so 50 concurrent requests cost 50
@@ -11,26 +11,42 @@ arrive (the "automatic pipelining" of clients such as ioredis).
 
 Failure handling is part of the client because the gateway fails open: a
 connection error or a reply that does not come within ``reply_timeout``
-fails every pending command at once with ``RedisUnavailable``, and for a
-short, growing backoff (the circuit breaker) new commands fail immediately
-instead of each waiting for a timeout. ``on_down`` / ``on_up`` are called
-once per outage, so the gateway logs one line per outage, not per request.
+fails every pending command at once with ``RedisUnavailable``
+(``RedisTimeout`` for the latter), and while the circuit breaker is open
+(``breaker``: a short, growing backoff) new commands fail immediately instead
+of each waiting for a timeout, unless the caller forces a new connection (the
+api role does for invalidations, which must not give up on a breaker that a
+stale connection opened). ``on_down`` / ``on_up`` are called once per outage,
+so each role logs one line per outage, not per request.
+
+Lua scripts run through ``Script``: EVALSHA, and EVAL once when Redis does not
+have the script (a restarted Redis has none).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import time
+import hashlib
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
 
+from cachedapi.runtime import breaker
+
 
 class RedisUnavailable(ConnectionError):
     """Redis cannot answer now (down, unreachable, slow, or in backoff)."""
+
+
+class RedisTimeout(RedisUnavailable):
+    """Redis accepted the command but did not answer within ``reply_timeout`` (hung or overloaded)."""
+
+
+class RedisReplyError(Exception):
+    """Redis answered a command with an error (a script error, OOM, READONLY ...)."""
 
 
 def parse_url(url: str) -> tuple[str, int, int, str | None]:
@@ -43,12 +59,14 @@ def parse_url(url: str) -> tuple[str, int, int, str | None]:
     return parts.hostname or "127.0.0.1", parts.port or 6379, db, password
 
 
-def encode(args: tuple[bytes, ...]) -> bytes:
+def bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def encode(args: Sequence[bytes]) -> bytes:
     """A command in RESP: an array of bulk strings."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        out.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
-    return b"".join(out)
+    return b"*%d\r\n" % len(args) + b"".join(bulk(arg) for arg in args)
 
 
 class _Protocol(asyncio.Protocol):
@@ -81,33 +99,30 @@ class PipelinedRedis:
         self.host, self.port, self.db, self.password = parse_url(url)
         self.reply_timeout = reply_timeout
         self.connect_timeout = connect_timeout
-        self.on_down = on_down
-        self.on_up = on_up
+        self.breaker = breaker.Breaker(on_down=on_down, on_up=on_up)
         self._proto: _Protocol | None = None
         self._reader = hiredis.Reader()
         self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._outbox: list[bytes] = []
         self._flush_scheduled = False
         self._connecting: asyncio.Future[None] | None = None
-        self._retry_at = 0.0
-        self._backoff = 0.0
-        self._down = False
         self._watchdog: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def down(self) -> bool:
-        return self._down
+        return self.breaker.down
 
-    async def call(self, *args: bytes) -> Any:
-        """Send one command and await its reply; a Redis error reply is returned, not raised."""
-        return await self.call_encoded(encode(args))
+    async def call(self, *args: bytes, force: bool = False) -> Any:
+        """Send one command and await its reply; a Redis error reply is returned, not raised.
+        ``force``: connect now even while the breaker is open."""
+        return await self.call_encoded(encode(args), force=force)
 
-    async def call_encoded(self, command: bytes) -> Any:
+    async def call_encoded(self, command: bytes, *, force: bool = False) -> Any:
         """``call`` for a command already in RESP (the hot path builds it from precomputed parts)."""
         proto = self._proto
         if proto is None or proto.transport is None:
-            await self._connect()
+            await self._connect(force=force)
         loop = self._loop
         assert loop is not None
         fut: asyncio.Future[Any] = loop.create_future()
@@ -126,11 +141,10 @@ class PipelinedRedis:
         if proto is not None and proto.transport is not None and data:
             proto.transport.write(data)
 
-    async def _connect(self) -> None:
+    async def _connect(self, *, force: bool = False) -> None:
         if self._connecting is not None:
             return await asyncio.shield(self._connecting)
-        now = time.monotonic()
-        if now < self._retry_at:
+        if not force and self.breaker.open:
             raise RedisUnavailable("Redis is unavailable (backing off)")
         self._loop = loop = asyncio.get_running_loop()
         self._connecting = loop.create_future()
@@ -164,12 +178,9 @@ class PipelinedRedis:
     def _received(self, proto: _Protocol, data: bytes) -> None:
         if proto is not self._proto:
             return
-        if self._down:
+        if self.breaker.down:
             # Up again only once Redis answers: a hung server still accepts connections.
-            self._down = False
-            self._backoff = 0.0
-            if self.on_up is not None:
-                self.on_up()
+            self.breaker.success()
         reader = self._reader
         reader.feed(data)
         pending = self._pending
@@ -188,7 +199,7 @@ class PipelinedRedis:
         if proto is self._proto:
             self._failed(f"connection lost: {exc or 'closed by the server'}")
 
-    def _failed(self, why: str) -> None:
+    def _failed(self, why: str, *, error: type[RedisUnavailable] = RedisUnavailable) -> None:
         """Drop the connection, fail everything pending, and open the circuit for a while."""
         proto, self._proto = self._proto, None
         if proto is not None and proto.transport is not None:
@@ -197,14 +208,9 @@ class PipelinedRedis:
         pending, self._pending = self._pending, collections.deque()
         for fut, _ in pending:
             if not fut.done():
-                fut.set_exception(RedisUnavailable(why))
+                fut.set_exception(error(why))
                 fut.exception()  # mark retrieved even if the awaiting task was cancelled
-        self._backoff = min(max(self._backoff * 2, 0.1), 2.0)
-        self._retry_at = time.monotonic() + self._backoff
-        if not self._down:
-            self._down = True
-            if self.on_down is not None:
-                self.on_down(why)
+        self.breaker.failure(why)
 
     async def _watch(self) -> None:
         """Fail the connection when its oldest command waits longer than ``reply_timeout``."""
@@ -212,7 +218,7 @@ class PipelinedRedis:
         while self._proto is not None:
             await asyncio.sleep(self.reply_timeout / 4)
             if self._pending and loop.time() - self._pending[0][1] > self.reply_timeout:
-                self._failed(f"no reply within {self.reply_timeout}s")
+                self._failed(f"no reply within {self.reply_timeout}s", error=RedisTimeout)
 
     async def close(self) -> None:
         proto, self._proto = self._proto, None
@@ -220,3 +226,24 @@ class PipelinedRedis:
             proto.transport.close()
         if self._watchdog is not None:
             self._watchdog.cancel()
+
+
+class Script:
+    """A Lua script, run by its SHA1 (EVALSHA); sent whole (EVAL) only when Redis lacks it."""
+
+    def __init__(self, source: str | bytes) -> None:
+        self.source = source.encode() if isinstance(source, str) else source
+        self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest().encode()
+
+    async def __call__(
+        self, conn: PipelinedRedis, *, keys: Sequence[bytes], args: Sequence[bytes], force: bool = False
+    ) -> Any:
+        """The script's reply; raises ``RedisReplyError`` for an error reply, ``RedisUnavailable``
+        when Redis cannot answer."""
+        tail = [b"%d" % len(keys), *keys, *args]
+        reply = await conn.call(b"EVALSHA", self.sha, *tail, force=force)
+        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+            reply = await conn.call(b"EVAL", self.source, *tail, force=force)
+        if isinstance(reply, hiredis.ReplyError):
+            raise RedisReplyError(str(reply))
+        return reply

@@ -25,9 +25,8 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from cachedapi import contract
-from cachedapi.runtime import cache, redisconn
+from cachedapi.runtime.api import cache, documents, handlers, middleware, openapi, protocol, reads
 from cachedapi.runtime.api import db as db_mod
-from cachedapi.runtime.api import documents, handlers, middleware, openapi, protocol, reads
 from cachedapi.runtime.api import metrics as metrics_mod
 
 log = logging.getLogger(__name__)
@@ -80,12 +79,7 @@ def create_app(config: contract.RuntimeConfig, environ: Mapping[str, str]) -> Fa
     database = db_mod.Database(url=database_url, resources=config.resources, metrics=metrics)
     store = None
     if redis_url:
-        store = cache.CacheStore(
-            client=cache.client_from_url(redis_url),
-            config=config,
-            metrics=metrics,
-            pipelined=redisconn.PipelinedRedis(redis_url),
-        )
+        store = cache.CacheStore(redis=cache.connection(redis_url), config=config, metrics=metrics)
     else:
         log.warning("%s is not set: every read goes to the database (X-Cache: BYPASS)", contract.ENV_REDIS_URL)
     reader = reads.Reader(store=store, config=config, metrics=metrics)

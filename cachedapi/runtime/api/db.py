@@ -6,8 +6,9 @@ at start.
 
 Every failure to reach PostgreSQL becomes ``DatabaseUnavailable`` quickly: the
 pool waits at most ``timeout`` seconds for a connection, after which every
-operation fails at once for ``backoff`` seconds (a circuit breaker, so that
-stale answers and 503s do not each wait the timeout; logged once per outage);
+operation fails at once for a short, growing backoff (``breaker``: the same policy
+as for Redis, so that stale answers and 503s do not each wait the timeout; logged
+once per outage);
 when a pooled connection turns out broken (it predates a server restart), the
 pool drops every broken idle one and the operation is retried once: reads
 always, writes only if the failure came before COMMIT was sent (after it the
@@ -70,7 +71,6 @@ class Database:
         resources: Iterable[str],
         metrics: metrics_mod.Metrics,
         timeout: float = 1.5,
-        backoff: float = 1.0,
     ) -> None:
         self._metrics = metrics
         self._timeout = timeout
@@ -92,7 +92,7 @@ class Database:
         self._schema_ready = False
         self._schema_lock = asyncio.Lock()
         self._checking = False
-        self._breaker = breaker.Breaker(name="PostgreSQL", backoff=backoff, log=log)
+        self._breaker = breaker.Breaker.logging_to(log, name="PostgreSQL")
 
     @staticmethod
     async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:

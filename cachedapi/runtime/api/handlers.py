@@ -1,4 +1,4 @@
-"""The resource endpoints of design.md section 4, on raw Starlette requests.
+"""The resource endpoints of the README's HTTP table, on raw Starlette requests.
 
 A write commits in PostgreSQL, then invalidates in Redis, then answers; an
 invalidation that cannot reach Redis is queued by the cache store and the
@@ -22,9 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cachedapi import contract
-from cachedapi.runtime import cache
+from cachedapi.runtime.api import cache, documents, protocol, reads, tables
 from cachedapi.runtime.api import db as db_mod
-from cachedapi.runtime.api import documents, protocol, reads, tables
 
 T = TypeVar("T")
 _JSON_TYPES = (contract.JSON,)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cachedapi import contract
-from cachedapi.runtime import cache
+from cachedapi.runtime.api import cache
 from cachedapi.runtime.api import db as db_mod
 from cachedapi.runtime.api import metrics as metrics_mod
 
@@ -91,7 +91,7 @@ class Reader:
         self._expiry = {name: contract.entry_expiry_seconds(ttl, config) for name, ttl in self._ttl.items()}
         self._stale_if_error_ms = config.stale_if_error_seconds * 1000
         self._flights: dict[tuple[str, str], asyncio.Task[tuple[Loaded, int, bool]]] = {}
-        self._filling: dict[tuple[str, str], asyncio.Task[bool]] = {}
+        self._filling: dict[cache.Target, asyncio.Task[bool]] = {}
         self._hit = metrics.cache.labels("hit")
         self._miss = metrics.cache.labels("miss")
         self._stale = metrics.cache.labels("stale")
@@ -102,20 +102,20 @@ class Reader:
         store = self._store
         if ttl == 0 or store is None or not store.usable:
             return await self._bypassed(load)
-        filling = self._filling.get((target.gen_key, target.tail))
+        filling = self._filling.get(target)
         if filling is not None:  # this process is storing that entry right now: look it up once stored
             await asyncio.shield(filling)
         now = now_ms()
         try:
-            lookup = await store.lookup(target, now_ms=now, force=force)
+            found = await store.lookup(target, now_ms=now, force=force)
         except cache.CacheUnavailable:
             return await self._bypassed(load)
-        entry = lookup.entry
+        entry = found.entry
         if entry is not None and not force and _fresh(entry, now):
             self._hit.inc()
             return _from_entry(entry, now, x_cache="HIT")
         try:
-            loaded, stored_at, coalesced = await self._flight(store, lookup, load=load, force=force)
+            loaded, stored_at, coalesced = await self._flight(store, found, load=load, force=force)
         except db_mod.DatabaseUnavailable:
             now = now_ms()
             if entry is not None and entry.stored_at_ms + entry.ttl_seconds * 1000 + self._stale_if_error_ms >= now:
@@ -136,17 +136,17 @@ class Reader:
         return Answer(loaded.status, loaded.body, loaded.etag, contract.JSON, "BYPASS", 0, 0)
 
     async def _flight(
-        self, store: cache.CacheStore, lookup: cache.Lookup, *, load: Load, force: bool
+        self, store: cache.CacheStore, found: cache.Found, *, load: Load, force: bool
     ) -> tuple[Loaded, int, bool]:
         """(answer, stored_at_ms, coalesced): one database read per key and token in this process."""
         if force:
-            return await asyncio.shield(asyncio.ensure_future(self._refill(store, lookup, load=load, read_now=True)))
-        key = (lookup.entry_key, lookup.token)
+            return await asyncio.shield(asyncio.ensure_future(self._refill(store, found, load=load, read_now=True)))
+        key = (found.entry_key, found.token)
         task = self._flights.get(key)
         if task is not None:
             loaded, stored_at, _ = await asyncio.shield(task)
             return loaded, stored_at, True
-        task = asyncio.ensure_future(self._refill(store, lookup, load=load, read_now=lookup.leased))
+        task = asyncio.ensure_future(self._refill(store, found, load=load, read_now=found.leased))
         self._flights[key] = task
         task.add_done_callback(lambda _: self._flights.pop(key, None))
         return await asyncio.shield(task)
@@ -154,7 +154,7 @@ class Reader:
     def _fill_later(self, fill: Coroutine[Any, Any, bool], target: cache.Target) -> None:
         """Store after answering (one Redis round trip off the miss path); reads of the same key
         in this process wait for it, so that the next read here is a hit."""
-        key = (target.gen_key, target.tail)
+        key = target
         task = asyncio.ensure_future(fill)
         self._filling[key] = task
 
@@ -169,14 +169,14 @@ class Reader:
         await asyncio.gather(*self._filling.values(), return_exceptions=True)
 
     async def _refill(
-        self, store: cache.CacheStore, lookup: cache.Lookup, *, load: Load, read_now: bool
+        self, store: cache.CacheStore, found: cache.Found, *, load: Load, read_now: bool
     ) -> tuple[Loaded, int, bool]:
         if not read_now:
             deadline = time.monotonic() + store.lease_ms / 1000
             while time.monotonic() < deadline:
                 await asyncio.sleep(self._poll_interval)
                 try:
-                    entry, same_token, leased = await store.poll(lookup)
+                    entry, same_token, leased = await store.poll(found)
                 except cache.CacheUnavailable:
                     break
                 if entry is not None and _fresh(entry, now_ms()):
@@ -186,11 +186,11 @@ class Reader:
         try:
             loaded = await load()
         except BaseException:
-            await store.release(lookup)
+            await store.release(found)
             raise
         stored_at = now_ms()
         if loaded.status == 200:
-            ttl = self._ttl[lookup.target.resource]
+            ttl = self._ttl[found.target.resource]
             entry_bytes = contract.encode_entry(
                 stored_at_ms=stored_at,
                 ttl_seconds=ttl,
@@ -199,8 +199,8 @@ class Reader:
                 content_type=contract.JSON,
                 body=loaded.body,
             )
-            expiry = self._expiry[lookup.target.resource]
-            self._fill_later(store.fill(lookup, entry=entry_bytes, expiry_seconds=expiry), lookup.target)
+            expiry = self._expiry[found.target.resource]
+            self._fill_later(store.fill(found, entry=entry_bytes, expiry_seconds=expiry), found.target)
         else:
-            await store.release(lookup)
+            await store.release(found)
         return loaded, stored_at, False

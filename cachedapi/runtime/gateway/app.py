@@ -1,7 +1,7 @@
 """The gateway role as one plain ASGI callable: the product's hot path.
 
 No framework routing and no Pydantic: ``Gateway.__call__`` looks at the path,
-and a ``/v1/`` request takes the steps of the flow in design.md section 1
+and a ``/v1/`` request takes the steps of the flow in the README's picture
 (authenticate, then one Redis round trip that both rate-limits and reads the
 cache entry, then answer from the entry or forward). Everything a request
 needs that does not depend on the request (keys, header values, the route
@@ -41,7 +41,7 @@ import orjson
 
 from cachedapi import contract
 from cachedapi.runtime import redisconn
-from cachedapi.runtime.gateway import answers, auth, caching, forwarding, metrics, upstream
+from cachedapi.runtime.gateway import answers, auth, checkpoint, forwarding, metrics, upstream
 from cachedapi.runtime.gateway.answers import Receive, Scope, Send
 
 log = logging.getLogger("cachedapi.gateway")
@@ -70,7 +70,7 @@ class Gateway:
             raise ValueError(f"{upstream.ENV_READ_TIMEOUT}: not a number of seconds") from None
         self.upstream = upstream.Upstream(config.upstream_url, counts=self.metrics, read_timeout=read_timeout)
         self.forwarder = forwarding.Forwarder(self.upstream, counts=self.counts, max_body=config.max_body_bytes)
-        self.cache = caching.Cache(
+        self.checkpoint = checkpoint.Checkpoint(
             config,
             redis=self.redis,
             forwarder=self.forwarder,
@@ -155,7 +155,7 @@ class Gateway:
                 await self._unauthorized(scope, send, denied=denied, request_id=request_id)
                 return
             client = denied
-        await self.cache.handle(
+        await self.checkpoint.handle(
             scope,
             receive,
             send,
@@ -168,10 +168,10 @@ class Gateway:
     async def _unauthorized(self, scope: Scope, send: Send, *, denied: auth.Denied, request_id: bytes) -> None:
         """401, counted against the caller's IP: guessing keys is rate-limited like anything else."""
         headers = [answers.www_authenticate(self.realm, invalid=denied.token_given, detail=denied.detail)]
-        limited = await self.cache.limit_only(scope, client="", headers=headers)
+        limited = await self.checkpoint.limit_only(scope, client="", headers=headers)
         headers.append((b"x-request-id", request_id))
         if limited:
-            await self.cache.too_many(send, headers)
+            await self.checkpoint.too_many(send, headers)
             return
         self.counts.unauthorized += 1
         await answers.send_problem(send, 401, detail=denied.detail, headers=headers)
@@ -223,7 +223,7 @@ class Gateway:
     async def startup(self) -> None:
         await self.upstream.start()
         await self.auth.start()
-        await self.cache.start()
+        await self.checkpoint.start()
         # Everything loaded so far lives as long as the process: move it out of the cyclic
         # collector's reach, so that a full collection never walks it in the middle of a
         # request (measured: p99 of the hit path from about 20 ms to about 8 ms under load).

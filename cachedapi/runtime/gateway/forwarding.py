@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 
-from multidict import CIMultiDict
-
 from cachedapi import contract
 from cachedapi.runtime.gateway import answers, metrics, upstream
 from cachedapi.runtime.gateway.answers import Headers, Receive, Scope, Send
@@ -105,7 +103,7 @@ class Forwarder:
         task.add_done_callback(self._tasks.discard)
 
     async def _refresh(self, path: str, request_id: bytes) -> None:
-        headers = CIMultiDict({contract.REVALIDATE_HEADER: "1", "X-Request-Id": request_id.decode("latin-1")})
+        headers = [(contract.REVALIDATE_HEADER, "1"), ("X-Request-Id", request_id.decode("latin-1"))]
         try:
             await self.upstream.forward("GET", path, headers=headers, body=b"")
         finally:

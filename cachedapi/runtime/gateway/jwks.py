@@ -1,10 +1,11 @@
 """The JSON Web Key Set of a JWT issuer, fetched without ever blocking the event loop.
 
-Fetched with aiohttp when the gateway starts, and again when a token names a
-key id the set does not hold (the issuer rotated its keys), at most once per
-``min_refresh`` seconds however many such tokens arrive, and with concurrent
-refreshes joined into one request. Only RS256 and ES256 keys are kept: the
-algorithm is pinned per key, never taken from the token.
+Fetched by PyJWT's own ``PyJWKClient`` (in a thread: it is synchronous, and the set is
+fetched rarely) when the gateway starts, and again when a token names a key id the
+set does not hold (the issuer rotated its keys), at most once per ``min_refresh``
+seconds however many such tokens arrive, and with concurrent refreshes joined into
+one request. PyJWKClient refuses redirects and checks TLS certificates. Only RS256
+and ES256 keys are kept: the algorithm is pinned per key, never taken from the token.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 import time
 from typing import Any
 
-import aiohttp
 import jwt
 
 log = logging.getLogger("cachedapi.gateway.jwks")
@@ -26,11 +26,10 @@ class JwksClient:
     def __init__(self, url: str, *, min_refresh: float = 30.0, timeout: float = 5.0) -> None:
         self.url = url
         self.min_refresh = min_refresh
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=timeout)
         self._keys: dict[str | None, jwt.PyJWK] = {}
         self._last_fetch = float("-inf")
         self._inflight: asyncio.Task[bool] | None = None
-        self._session: aiohttp.ClientSession | None = None
 
     def key(self, kid: Any) -> jwt.PyJWK | None:
         found = self._keys.get(kid)
@@ -39,7 +38,6 @@ class JwksClient:
         return found
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=self.timeout)
         if not await self.refresh():
             log.warning("JWKS %s could not be fetched at start; tokens are refused until it can", self.url)
 
@@ -57,11 +55,8 @@ class JwksClient:
             self._inflight = None
 
     async def _fetch(self) -> bool:
-        assert self._session is not None
         try:
-            async with self._session.get(self.url) as resp:
-                resp.raise_for_status()
-                data = await resp.json(content_type=None)
+            data = await asyncio.to_thread(self._client.fetch_data)
             keys: dict[str | None, jwt.PyJWK] = {}
             for raw in data.get("keys", []):
                 try:
@@ -70,7 +65,7 @@ class JwksClient:
                     continue
                 if key.algorithm_name in ALGORITHMS and raw.get("use", "sig") == "sig":
                     keys[raw.get("kid")] = key
-        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+        except (jwt.PyJWKClientError, ValueError, AttributeError) as exc:
             log.warning("JWKS %s: fetch failed: %s", self.url, exc)
             return False
         self._keys = keys
@@ -78,5 +73,4 @@ class JwksClient:
         return True
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        """Nothing is held open between fetches."""

@@ -1,24 +1,30 @@
-"""A lean HTTP/1.1 client for the gateway's most frequent forward: a GET (a cache miss).
+"""The gateway's HTTP/1.1 client to its upstream: every forwarded request, on pooled keep-alive connections.
 
-Why, when aiohttp is there: per forwarded GET, aiohttp's request machinery
-(session, request and response objects, timers, stream readers) measured at
-about half of the gateway's CPU on the miss path (bench/README.md). This
-client writes the request as one buffer on a pooled keep-alive connection and
-parses the answer with httptools (the parser uvicorn uses), in callbacks.
+Why not aiohttp or httpx: per forwarded request, aiohttp's machinery (session,
+request and response objects, timers, stream readers) measured at about half
+of the gateway's CPU on the miss path, and httpx's pool did a tenth of
+aiohttp's requests per second under contention (bench/README.md). This client
+writes a request as one buffer on a pooled keep-alive connection and parses
+the answer with httptools (the parser uvicorn uses), in callbacks. The gateway
+has read the request body whole before (it is bounded), so bodies are sent with
+a Content-Length, never chunked.
 
-It serves GET only (no request body; an answer to HEAD has no body although
-it declares a length, which a streaming parser cannot tell); everything else
-keeps going through aiohttp (``upstream``). Its failures mirror aiohttp's as
-``upstream`` maps them: refused or broken -> ``ConnectionError`` (502), no
+HEAD is not sent: a streaming parser cannot be told that an answer declaring a
+length has no body, so ``upstream`` asks with GET instead and drops the body, as
+Varnish does. Failures: refused or broken -> ``ConnectionError`` (502), no
 answer between bytes within ``read_timeout`` or no connection within
 ``connect_timeout`` -> ``TimeoutError`` (504). A request that fails on a reused
 connection before any byte of its answer came (the server closed it while it
-was idle) is retried once on a new connection: a GET may be repeated.
+was idle) is sent once more on a new connection when its method is idempotent
+(RFC 9110 section 9.2.2); a POST or PATCH goes only on a connection idle for
+less than ``FRESH_SECONDS`` (well inside any server's keep-alive timeout) or a
+new one, and is never repeated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 
 import httptools
@@ -26,6 +32,12 @@ import httptools
 
 class Unreachable(ConnectionError):
     """No connection could be made (refused, no route)."""
+
+
+#: Methods that may be sent twice (RFC 9110 section 9.2.2): retried after a reused connection broke.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+#: A non-idempotent request reuses only a connection idle for less than this (seconds).
+FRESH_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +111,11 @@ class _Connection(asyncio.Protocol):
         """Whether any byte of the current answer came (a failure after that is not retried)."""
         return self._received
 
+    @property
+    def idle_since(self) -> float:
+        """When the last byte came (the loop's clock)."""
+        return self._last
+
     async def request(self, data: bytes, *, read_timeout: float) -> Response:
         assert self.transport is not None
         self._headers, self._body, self._received = [], [], False
@@ -130,9 +147,18 @@ class Pool:
     """Keep-alive connections to one host and port, at most ``size`` in use at once."""
 
     def __init__(
-        self, host: str, port: int, *, size: int, connect_timeout: float, read_timeout: float, host_header: str
+        self,
+        host: str,
+        port: int,
+        *,
+        size: int,
+        connect_timeout: float,
+        read_timeout: float,
+        host_header: str,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self.tls = tls
         self.port = port
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -144,7 +170,8 @@ class Pool:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(loop), self.host, self.port), self.connect_timeout
+                loop.create_connection(lambda: _Connection(loop), self.host, self.port, ssl=self.tls),
+                self.connect_timeout,
             )
         except TimeoutError:
             raise TimeoutError("no connection to the upstream in time") from None
@@ -152,22 +179,32 @@ class Pool:
             raise Unreachable(exc.strerror or "connection refused") from None
         return conn
 
-    async def get(self, target: str, headers: list[tuple[str, str]]) -> Response:
-        """GET ``target`` (path and query) with ``headers``; raises ConnectionError or TimeoutError."""
-        lines = [b"GET %b HTTP/1.1\r\nHost: %b\r\n" % (target.encode("latin-1"), self.host_header)]
+    async def request(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes = b"") -> Response:
+        """Send ``method target`` (path and query) with ``headers`` and ``body``; raises ConnectionError
+        or TimeoutError. Not for HEAD (see the module's docstring)."""
+        lines = [
+            b"%b %b HTTP/1.1\r\nHost: %b\r\n" % (method.encode("ascii"), target.encode("latin-1"), self.host_header)
+        ]
         lines.extend(b"%b: %b\r\n" % (n.encode("latin-1"), v.encode("latin-1")) for n, v in headers)
+        if body or method not in ("GET", "DELETE", "OPTIONS"):
+            lines.append(b"Content-Length: %d\r\n" % len(body))
         lines.append(b"\r\n")
+        lines.append(body)
         data = b"".join(lines)
+        repeatable = method in IDEMPOTENT
         async with self._slots:
             while self._idle:
                 conn = self._idle.pop()
                 if conn.closed:
                     continue
+                if not repeatable and conn.loop.time() - conn.idle_since > FRESH_SECONDS:
+                    conn.close()
+                    continue
                 try:
                     return self._done(conn, await conn.request(data, read_timeout=self.read_timeout))
                 except ConnectionError:
                     conn.close()
-                    if conn.received:
+                    if conn.received or not repeatable:
                         raise
                     break  # closed while idle: once more, on a new connection
                 except BaseException:

@@ -23,21 +23,23 @@ class Resource:
     ttl_seconds: int
     item_prefix: str
     list_gen_key: bytes
-    page_prefix: bytes
+    #: A list page's key is this + the list generation token + ``page_tail(query)``.
+    page_head: bytes
+    prefix: str
 
 
 @dataclass(frozen=True, slots=True)
-class Lookup:
-    """What to read: an item key, or a list (generation key + page prefix + canonical query)."""
+class Read:
+    """What to read: an item key, or a list (its generation key, and its page key around the token)."""
 
     resource: Resource
     key: bytes
-    page_prefix: bytes = b""
-    query: bytes = b""
+    page_head: bytes = b""
+    page_tail: bytes = b""
 
     @property
     def is_list(self) -> bool:
-        return bool(self.page_prefix)
+        return bool(self.page_head)
 
 
 def build(config: contract.RuntimeConfig) -> dict[str, Resource]:
@@ -49,7 +51,8 @@ def build(config: contract.RuntimeConfig) -> dict[str, Resource]:
             ttl_seconds=res.ttl_seconds,
             item_prefix=contract.item_key(prefix, name, ""),
             list_gen_key=contract.list_gen_key(prefix, name).encode(),
-            page_prefix=contract.list_page_prefix(prefix, name).encode(),
+            page_head=contract.list_page_key_parts(prefix, name, "")[0].encode(),
+            prefix=prefix,
         )
         for name, res in config.resources.items()
         if res.cacheable
@@ -83,8 +86,8 @@ def canonical_query(query_string: bytes) -> bytes | None:
     return contract.canonical_list_query(limit, cursor).encode()
 
 
-def lookup(resources: dict[str, Resource], path: str, query_string: bytes) -> Lookup | None:
-    """The cache lookup for ``GET /v1/...`` (``path`` without ``/v1/``), or None to forward."""
+def read(resources: dict[str, Resource], path: str, query_string: bytes) -> Read | None:
+    """What to read for ``GET /v1/...`` (``path`` without ``/v1/``), or None to forward."""
     resource_name, slash, item_id = path.partition("/")
     resource = resources.get(resource_name)
     if resource is None:
@@ -93,7 +96,8 @@ def lookup(resources: dict[str, Resource], path: str, query_string: bytes) -> Lo
         query = canonical_query(query_string)
         if query is None:
             return None
-        return Lookup(resource, resource.list_gen_key, resource.page_prefix, query)
+        tail = contract.list_page_key_parts(resource.prefix, resource.name, query.decode())[1]
+        return Read(resource, resource.list_gen_key, resource.page_head, tail.encode())
     if not item_id or "/" in item_id:
         return None
-    return Lookup(resource, (resource.item_prefix + item_id).encode())
+    return Read(resource, (resource.item_prefix + item_id).encode())

@@ -10,8 +10,8 @@ send ``burst`` requests at once and then ``rate`` per second, and the state
 expires when the client is idle. A limited request does not move TAT.
 
 The lookup reads the item entry, or, for a list, the list generation token and
-then the page keyed by it: the page key is built inside the script from the
-token, which standalone Redis allows (a Redis Cluster would need the keys of
+then the page keyed by it: the page key is the two halves ``contract`` gives,
+joined around the token inside the script, which standalone Redis allows (a Redis Cluster would need the keys of
 one resource under one hash tag; the api role's key scheme is shared, see
 ``contract``). The script writes nothing but the rate-limit key.
 
@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+
+from cachedapi.runtime import redisconn
 
 SOURCE = b"""
 local t = redis.call('TIME')
@@ -52,7 +54,7 @@ if mode == 'i' then
   entry = redis.call('GET', KEYS[2])
 elseif mode == 'l' then
   local token = redis.call('GET', KEYS[2]) or ''
-  entry = redis.call('GET', ARGV[4] .. token .. ':' .. ARGV[5])
+  entry = redis.call('GET', ARGV[4] .. token .. ARGV[5])
 end
 if entry then
   return {allowed, remaining, reset, math.floor(now / 1000), entry}
@@ -62,16 +64,13 @@ return {allowed, remaining, reset, math.floor(now / 1000)}
 
 SHA = hashlib.sha1(SOURCE, usedforsecurity=False).hexdigest().encode("ascii")
 
-#: Lookup modes (ARGV[1]).
+#: Read modes (ARGV[1]).
 ONLY_LIMIT = b"n"
 ITEM = b"i"
 LIST = b"l"
 
 
-def bulk(value: bytes) -> bytes:
-    """One RESP bulk string."""
-    return b"$%d\r\n%b\r\n" % (len(value), value)
-
+bulk = redisconn.bulk
 
 _HEAD = b"*10\r\n" + bulk(b"EVALSHA") + bulk(SHA) + bulk(b"2")
 
@@ -100,8 +99,9 @@ class RateParams:
             list_head=bulk(LIST) + params,
         )
 
-    def list_tail(self, page_prefix: bytes, query: bytes) -> bytes:
-        return self.list_head + bulk(page_prefix) + bulk(query)
+    def list_tail(self, page_head: bytes, page_tail: bytes) -> bytes:
+        """The list mode's arguments: the page's key around the token (``contract.list_page_key_parts``)."""
+        return self.list_head + bulk(page_head) + bulk(page_tail)
 
 
 def only_limit(rate_key: bytes, params: RateParams) -> bytes:
@@ -112,9 +112,9 @@ def only_limit(rate_key: bytes, params: RateParams) -> bytes:
     return _HEAD + rate_key + params.only_limit_tail
 
 
-def lookup(rate_key: bytes, lookup_key: bytes, *, tail: bytes) -> bytes:
-    """EVALSHA in RESP that counts the request and reads ``lookup_key`` (``tail``: the mode's arguments)."""
-    return b"%b%b$%d\r\n%b\r\n%b" % (_HEAD, rate_key, len(lookup_key), lookup_key, tail)
+def limit_and_read(rate_key: bytes, read_key: bytes, *, tail: bytes) -> bytes:
+    """EVALSHA in RESP that counts the request and reads ``read_key`` (``tail``: the mode's arguments)."""
+    return b"%b%b$%d\r\n%b\r\n%b" % (_HEAD, rate_key, len(read_key), read_key, tail)
 
 
 def seconds_up(microseconds: int) -> int:

@@ -15,7 +15,6 @@ has built one first only to refuse a bad configuration before serving.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from cachedapi import contract
@@ -34,10 +33,7 @@ DEFAULT_BACKPRESSURE = 0
 
 def from_environment() -> app.Gateway:
     """The granian worker's app: configuration as ``cachedapi runtime`` read it."""
-    config = contract.load_config(os.environ[contract.ENV_CONFIG])
-    upstream = os.environ.get(contract.ENV_UPSTREAM_URL)
-    if upstream:
-        config = dataclasses.replace(config, upstream_url=upstream.rstrip("/"))
+    config = contract.load_config(os.environ[contract.ENV_CONFIG], os.environ)
     return app.create_app(config, contract.resolve_secret_files(os.environ))
 
 

@@ -1,12 +1,6 @@
-"""Forwarding to the api role: pooled keep-alive connections, bounded in time, headers cleaned.
-
-aiohttp rather than httpx: both were measured forwarding every request of
-``wrk -c50`` to the same upstream through a pool of 128 keep-alive
-connections, and aiohttp did 6,400-7,400 requests per second where
-httpx.AsyncClient did 400-700 (its pool serialises under contention). It is
-also already installed as a kopf dependency. GETs (the cache misses, the
-gateway's most frequent forward) take ``lean`` instead, a client that does
-only that, at about half the gateway's CPU per miss (bench/README.md).
+"""Forwarding to the upstream (the api Service): pooled keep-alive connections, bounded in time,
+headers cleaned. Every request goes through ``lean``, the gateway's one HTTP client (its docstring
+says why it is not aiohttp or httpx); a HEAD is asked as a GET, whose body is dropped.
 
 The upstream's answer is read whole (the api role's answers are bounded: one
 item or one page of at most ``contract.MAX_PAGE_LIMIT`` items) so that the
@@ -18,12 +12,10 @@ client's credentials: API keys and tokens stay in the gateway.
 
 from __future__ import annotations
 
+import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
-
-import aiohttp
-from multidict import CIMultiDict
 
 from cachedapi.runtime.gateway import lean, metrics
 
@@ -43,8 +35,8 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-#: Not forwarded to the api role: hop-by-hop, credentials, and what aiohttp sets itself.
-DROP_REQUEST = HOP_BY_HOP | {b"authorization", b"x-api-key", b"content-length", b"expect"}
+#: Not forwarded to the api role: hop-by-hop, credentials, and what ``lean`` sets itself.
+DROP_REQUEST = HOP_BY_HOP | {b"authorization", b"x-api-key", b"content-length", b"expect", b"host"}
 #: Not passed back to the client: hop-by-hop, and what the gateway's own server sets.
 DROP_RESPONSE = HOP_BY_HOP | {b"content-length", b"date", b"server"}
 
@@ -76,10 +68,10 @@ def _connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
 
 def request_headers(
     headers: list[tuple[bytes, bytes]], *, client_ip: str, scheme: str, request_id: bytes
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     """The client's headers as the api role should see them."""
     named = _connection_named(headers)
-    out: CIMultiDict[str] = CIMultiDict()
+    out: list[tuple[str, str]] = []
     forwarded_for = client_ip
     for name, value in headers:
         lname = name.lower()
@@ -90,10 +82,10 @@ def request_headers(
             continue
         if lname == b"x-forwarded-proto":
             continue
-        out.add(name.decode("latin-1"), value.decode("latin-1"))
-    out["X-Forwarded-For"] = forwarded_for
-    out["X-Forwarded-Proto"] = scheme
-    out["X-Request-Id"] = request_id.decode("latin-1")
+        out.append((name.decode("latin-1"), value.decode("latin-1")))
+    out.append(("X-Forwarded-For", forwarded_for))
+    out.append(("X-Forwarded-Proto", scheme))
+    out.append(("X-Request-Id", request_id.decode("latin-1")))
     return out
 
 
@@ -115,72 +107,36 @@ class Upstream:
         pool_size: int = 128,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        parts = urllib.parse.urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"upstream URL: an http:// or https:// URL with a host is needed, got {base_url!r}")
         self.metrics = counts
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
-        self.pool_size = pool_size
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self._session: aiohttp.ClientSession | None = None
-        self._lean: lean.Pool | None = None
-        self.base_path = ""
+        self.base_path = parts.path
+        https = parts.scheme == "https"
+        self._pool = lean.Pool(
+            parts.hostname,
+            parts.port or (443 if https else 80),
+            tls=ssl.create_default_context() if https else None,
+            size=pool_size,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            host_header=parts.netloc,
+        )
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.pool_size, keepalive_timeout=30, use_dns_cache=True)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self.timeout,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        parts = urllib.parse.urlsplit(self.base_url)
-        if parts.scheme == "http" and parts.hostname:
-            self.base_path = parts.path
-            self._lean = lean.Pool(
-                parts.hostname,
-                parts.port or 80,
-                size=self.pool_size,
-                connect_timeout=self.connect_timeout,
-                read_timeout=self.read_timeout,
-                host_header=parts.netloc,
-            )
+        """Nothing to do before the first request (connections are made on demand)."""
 
     async def close(self) -> None:
-        if self._lean is not None:
-            self._lean.close()
-        if self._session is not None:
-            await self._session.close()
+        self._pool.close()
 
-    async def forward(self, method: str, target: str, *, headers: CIMultiDict[str], body: bytes) -> Answer | Failure:
+    async def forward(
+        self, method: str, target: str, *, headers: list[tuple[str, str]], body: bytes
+    ) -> Answer | Failure:
         """Send one request; ``target`` is the path and query string."""
-        session = self._session
-        assert session is not None, "Upstream.start() was not awaited"
         started = time.perf_counter()
-        if method == "GET" and not body and self._lean is not None:
-            return await self._get(target, headers=headers, started=started)
+        head = method == "HEAD"
         try:
-            async with session.request(
-                method, self.base_url + target, headers=headers, data=body or None, allow_redirects=False
-            ) as resp:
-                content = await resp.read()
-                answer = Answer(resp.status, response_headers(resp.raw_headers), content, resp.content_length)
-        except aiohttp.ClientConnectorError as exc:
-            self.metrics.counts.upstream_errors += 1
-            return Failure(502, f"the api service is unreachable: {exc.strerror or 'connection refused'}")
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            self.metrics.counts.upstream_errors += 1
-            return Failure(504, "the api service did not answer in time")
-        except aiohttp.ClientError as exc:
-            self.metrics.counts.upstream_errors += 1
-            return Failure(502, f"the api service gave no valid answer ({type(exc).__name__})")
-        self.metrics.upstream_latency.observe(time.perf_counter() - started)
-        return answer
-
-    async def _get(self, target: str, *, headers: CIMultiDict[str], started: float) -> Answer | Failure:
-        """``forward`` for a GET, through ``lean``; the same answers and failures."""
-        assert self._lean is not None
-        try:
-            resp = await self._lean.get(self.base_path + target, list(headers.items()))
+            resp = await self._pool.request("GET" if head else method, self.base_path + target, headers, body)
         except TimeoutError:
             self.metrics.counts.upstream_errors += 1
             return Failure(504, "the api service did not answer in time")
@@ -191,4 +147,6 @@ class Upstream:
             self.metrics.counts.upstream_errors += 1
             return Failure(502, f"the api service gave no valid answer ({type(exc).__name__})")
         self.metrics.upstream_latency.observe(time.perf_counter() - started)
+        if head:
+            return Answer(resp.status, response_headers(resp.headers), b"", content_length=len(resp.body))
         return Answer(resp.status, response_headers(resp.headers), resp.body)

@@ -38,7 +38,9 @@ log = logging.getLogger("cachedapi.gateway")
 HIT, STALE = b"HIT", forwarding.STALE
 
 
-class Cache:
+class Checkpoint:
+    """The one Redis round trip of every /v1/ request: the rate limit and the cache check."""
+
     def __init__(
         self,
         config: contract.RuntimeConfig,
@@ -139,19 +141,20 @@ class Cache:
         cache_control: bytes | None,
     ) -> None:
         method = scope["method"]
-        lookup = None
+        read = None
         if method == "GET" or method == "HEAD":
             if cache_control is None or not answers.wants_no_cache(cache_control):
-                lookup = routes.lookup(self.resources, scope["path"][4:], scope["query_string"])
-            if lookup is None:
+                read = routes.read(self.resources, scope["path"][4:], scope["query_string"])
+            if read is None:
                 self.counts.bypass += 1
         rate_key = self._rate_key(client, scope)
-        if lookup is None:
+        if read is None:
             command = script.only_limit(rate_key, self.rate)
-        elif lookup.is_list:
-            command = script.lookup(rate_key, lookup.key, tail=self.rate.list_tail(lookup.page_prefix, lookup.query))
+        elif read.is_list:
+            tail = self.rate.list_tail(read.page_head, read.page_tail)
+            command = script.limit_and_read(rate_key, read.key, tail=tail)
         else:
-            command = script.lookup(rate_key, lookup.key, tail=self.rate.item_tail)
+            command = script.limit_and_read(rate_key, read.key, tail=self.rate.item_tail)
         reply = await self._eval(command)
         if reply is None:
             await self.forwarder.forward(scope, receive, send, request_id=request_id, headers=[])

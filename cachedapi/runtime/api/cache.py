@@ -9,8 +9,9 @@ It implements the coherence protocol of ``contract`` (generation tokens):
   holds "absent": if Redis restarts empty while a reader is in PostgreSQL, the
   token is lost and the reader's fill is refused, where "absent == absent"
   would have let in a value older than the writes made during the outage).
-  The lease key is ``contract.lease_key`` with the entry key's tail after
-  ``{prefix}:{resource}:`` as the cache key (``i:{id}`` or ``l:{token}:{query}``).
+  The lease key is ``contract.lease_key`` of the entry key. The scripts spell no
+  key: they get the keys from ``contract`` (a list page's as the halves around the
+  token they read), and the entry header's pattern from it too.
 - ``fill``: stores the entry only if the token is still the one the reader saw
   before it read PostgreSQL, then releases its lease.
 - ``invalidate``: after a committed write, replaces the item and list tokens
@@ -19,19 +20,17 @@ It implements the coherence protocol of ``contract`` (generation tokens):
 Entries are stamped with this process's wall clock (ms); freshness is judged
 against the same wall clock, so clock skew between pods shifts ages by the skew.
 
-The read path (lookup, poll, fill: each miss makes two of them) goes through
-``redisconn.PipelinedRedis`` when one is given: one auto-pipelined hiredis
-connection, measured at about a fifth of the api role's CPU per miss less than
-``redis.asyncio`` (bench/README.md); writes (invalidate, release) and ``ping``
-keep the ``redis.asyncio`` pool, whose retry semantics they rely on.
+Everything goes through one ``redisconn.PipelinedRedis``, the same client as the
+gateway's: one auto-pipelined hiredis connection, measured at about a fifth of the
+api role's CPU per miss less than ``redis.asyncio`` (bench/README.md).
 
-Redis failures open a circuit breaker for ``backoff`` seconds (reads bypass the
+Redis failures open the connection's circuit breaker (``breaker``: reads bypass the
 cache meanwhile, logged once per outage). An invalidation that cannot reach
-Redis is retried briefly (through an open breaker: the first command on a stale
-pooled connection after a restart fails, and a write must not give up on its
-invalidation for that), then queued in-process and retried in the background
-and before every lookup; while one is queued this process neither reads the
-cache nor fills it.
+Redis is retried briefly (forcing a new connection through an open breaker: the
+first command after a restart fails on the old connection, and a write must not
+give up on its invalidation for that), then queued in-process and retried in the
+background and before every lookup; while one is queued this process neither
+reads the cache nor fills it.
 Residual risk: other processes (gateways, other api pods) that can still reach
 Redis may serve the entry the queued invalidation would have deleted, until it
 is flushed or the entry expires (ttl + the stale window); if this process dies
@@ -42,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 import os
@@ -51,8 +49,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import prometheus_client
-import redis.asyncio as aioredis
-import redis.exceptions
 
 from cachedapi import contract
 from cachedapi.runtime import breaker, redisconn
@@ -60,22 +56,26 @@ from cachedapi.runtime import breaker, redisconn
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# KEYS[1]: the generation token. ARGV: the entry key (or, for a list page, the head of its key),
+# the tail of a list page's key ('' for an item), the lease suffix, now (ms), '1' to need a
+# refill whatever the entry's age, this reader's lease owner (also a fresh token), the lease's
+# ms, the token's seconds, the entry header's pattern.
 _LOOKUP = """
 local token = redis.call('GET', KEYS[1])
 if not token then
   token = ARGV[6]
   redis.call('SET', KEYS[1], token, 'EX', ARGV[8])
 end
-local suffix = ARGV[3]
-if ARGV[2] == 'l' then suffix = 'l:' .. token .. ':' .. ARGV[3] end
-local entry = redis.call('GET', ARGV[1] .. suffix)
+local key = ARGV[1]
+if ARGV[2] ~= '' then key = ARGV[1] .. token .. ARGV[2] end
+local entry = redis.call('GET', key)
 local need = 1
 if entry and ARGV[5] ~= '1' then
-  local at, ttl = string.match(entry, '^CA1 (%d+) (%d+) ')
+  local at, ttl = string.match(entry, ARGV[9])
   if at and tonumber(at) + tonumber(ttl) * 1000 >= tonumber(ARGV[4]) then need = 0 end
 end
 local leased = 0
-if need == 1 and redis.call('SET', ARGV[1] .. 'f:' .. suffix, ARGV[6], 'NX', 'PX', ARGV[7]) then leased = 1 end
+if need == 1 and redis.call('SET', key .. ARGV[3], ARGV[6], 'NX', 'PX', ARGV[7]) then leased = 1 end
 return {entry or '', token, leased}
 """
 
@@ -103,8 +103,6 @@ end
 return 1
 """
 
-_REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
-
 
 def _arg(value: str | bytes | int) -> bytes:
     if isinstance(value, bytes):
@@ -112,21 +110,8 @@ def _arg(value: str | bytes | int) -> bytes:
     return value.encode() if isinstance(value, str) else b"%d" % value
 
 
-class _Script:
-    """A Lua script run over a ``PipelinedRedis``: EVALSHA, and EVAL once when Redis lost it."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source.encode()
-        self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest().encode()
-
-    async def __call__(self, conn: redisconn.PipelinedRedis, *, keys: list[str], args: list[Any]) -> Any:
-        tail = [str(len(keys)).encode(), *(_arg(k) for k in keys), *(_arg(a) for a in args)]
-        reply = await conn.call(b"EVALSHA", self.sha, *tail)
-        if isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT"):
-            reply = await conn.call(b"EVAL", self.source, *tail)
-        if isinstance(reply, Exception):
-            raise redis.exceptions.ResponseError(str(reply))
-        return reply
+def _args(values: list[Any]) -> list[bytes]:
+    return [_arg(v) for v in values]
 
 
 class StoreMetrics(Protocol):
@@ -147,17 +132,18 @@ class Target:
     """What a read looks up: one item, or one list page (``query`` is canonical)."""
 
     resource: str
-    base: str  # "{prefix}:{resource}:"
     gen_key: str
-    kind: str  # "i" or "l"
-    tail: str  # "i:{id}" for an item; the canonical query for a list page
+    #: The item's key; for a list page, the head of its key (``contract.list_page_key_parts``).
+    key_head: str
+    #: "" for an item; for a list page, the tail of its key after the list generation token.
+    key_tail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
-class Lookup:
+class Found:
     target: Target
     entry: contract.Entry | None
-    token: str  # "" when absent
+    token: str
     entry_key: str
     lease_key: str
     lease_owner: str
@@ -165,41 +151,38 @@ class Lookup:
 
 
 def item_target(prefix: str, resource: str, item_id: str) -> Target:
-    base = f"{prefix}:{resource}:"
-    return Target(resource, base, contract.item_gen_key(prefix, resource, item_id), "i", f"i:{item_id}")
+    return Target(
+        resource, contract.item_gen_key(prefix, resource, item_id), contract.item_key(prefix, resource, item_id)
+    )
 
 
 def list_target(prefix: str, resource: str, query: str) -> Target:
     """``query`` is ``contract.canonical_list_query``'s spelling."""
-    base = f"{prefix}:{resource}:"
-    return Target(resource, base, contract.list_gen_key(prefix, resource), "l", query)
+    head, tail = contract.list_page_key_parts(prefix, resource, query)
+    return Target(resource, contract.list_gen_key(prefix, resource), head, tail)
+
+
+_SCRIPT_LOOKUP = redisconn.Script(_LOOKUP)
+_SCRIPT_FILL = redisconn.Script(_FILL)
+_SCRIPT_RELEASE = redisconn.Script(_RELEASE)
+_SCRIPT_INVALIDATE = redisconn.Script(_INVALIDATE)
 
 
 class CacheStore:
-    """Lookup, poll, fill and invalidate, behind a circuit breaker."""
+    """Lookup, poll, fill and invalidate, over the one Redis connection and its circuit breaker."""
 
     def __init__(
         self,
         *,
-        client: aioredis.Redis,
+        redis: redisconn.PipelinedRedis,
         config: contract.RuntimeConfig,
         metrics: StoreMetrics,
-        backoff: float = 1.0,
         lease_ms: int = 2000,
-        pipelined: redisconn.PipelinedRedis | None = None,
     ) -> None:
-        self._client = client
-        self._pipelined = pipelined
-        self._fast_lookup = _Script(_LOOKUP)
-        self._fast_fill = _Script(_FILL)
+        self._redis = redis
         self._prefix = config.key_prefix
         self._metrics = metrics
-        self._breaker = breaker.Breaker(name="Redis", backoff=backoff, log=log)
         self.lease_ms = lease_ms
-        self._lookup = client.register_script(_LOOKUP)
-        self._fill = client.register_script(_FILL)
-        self._release = client.register_script(_RELEASE)
-        self._invalidate = client.register_script(_INVALIDATE)
         self._owner = os.urandom(6).hex()
         self._counter = itertools.count()
         self._pending: dict[tuple[str, str | None], None] = {}
@@ -217,107 +200,97 @@ class CacheStore:
 
     @property
     def usable(self) -> bool:
-        return not self._pending and not self._breaker.open
+        return not self._pending and not self._redis.breaker.open
 
     async def _call(self, fn: Callable[[], Awaitable[T]], *, force: bool = False) -> T:
-        if not force and self._breaker.open:
+        if not force and self._redis.breaker.open:
             raise CacheUnavailable("circuit open")
         try:
-            result = await fn()
-        except _REDIS_ERRORS as exc:
+            return await fn()
+        except (redisconn.RedisUnavailable, redisconn.RedisReplyError) as exc:
             self._metrics.redis_errors.inc()
-            self._breaker.failure(exc)
             raise CacheUnavailable(str(exc)) from exc
-        self._breaker.success()
-        return result
 
     # --- reads ------------------------------------------------------------------------------
 
-    async def lookup(self, target: Target, *, now_ms: int, force: bool) -> Lookup:
+    async def lookup(self, target: Target, *, now_ms: int, force: bool) -> Found:
         """The entry (fresh or stale), the token, and the lease when a refill is needed."""
         if self._pending and not await self.flush_pending():
             raise CacheUnavailable("invalidations pending")
         owner = f"{self._owner}{next(self._counter)}"
-        args: list[str | int] = [
-            target.base,
-            target.kind,
-            target.tail,
-            now_ms,
-            "1" if force else "0",
-            owner,
-            self.lease_ms,
-            contract.GEN_TTL_SECONDS,
-        ]
-        fast = self._pipelined
-        if fast is not None:
-            raw, token_b, leased = await self._call(lambda: self._fast_lookup(fast, keys=[target.gen_key], args=args))
-        else:
-            raw, token_b, leased = await self._call(lambda: self._lookup(keys=[target.gen_key], args=args))
+        args = _args(
+            [
+                target.key_head,
+                target.key_tail,
+                contract.LEASE_SUFFIX,
+                now_ms,
+                "1" if force else "0",
+                owner,
+                self.lease_ms,
+                contract.GEN_TTL_SECONDS,
+                contract.ENTRY_HEADER_LUA_PATTERN,
+            ]
+        )
+        keys = [target.gen_key.encode()]
+        raw, token_b, leased = await self._call(lambda: _SCRIPT_LOOKUP(self._redis, keys=keys, args=args))
         token = token_b.decode()
-        tail = f"l:{token}:{target.tail}" if target.kind == "l" else target.tail
-        return Lookup(
+        entry_key = target.key_head + token + target.key_tail if target.key_tail else target.key_head
+        return Found(
             target=target,
             entry=contract.decode_entry(raw) if raw else None,
             token=token,
-            entry_key=target.base + tail,
-            lease_key=target.base + "f:" + tail,
+            entry_key=entry_key,
+            lease_key=contract.lease_key(entry_key),
             lease_owner=owner,
             leased=bool(leased),
         )
 
-    async def poll(self, lookup: Lookup) -> tuple[contract.Entry | None, bool, bool]:
+    async def poll(self, found: Found) -> tuple[contract.Entry | None, bool, bool]:
         """(entry, token unchanged, lease still held by someone) for a reader waiting on a lease."""
-        keys = [lookup.entry_key, lookup.target.gen_key, lookup.lease_key]
-        fast = self._pipelined
-        if fast is not None:
-            raw, token, lease = await self._call(lambda: fast.call(b"MGET", *(k.encode() for k in keys)))
-        else:
-            raw, token, lease = await self._call(lambda: self._client.mget(keys))
+        keys = [found.entry_key, found.target.gen_key, found.lease_key]
+        raw, token, lease = await self._call(lambda: self._redis.call(b"MGET", *(k.encode() for k in keys)))
         entry = contract.decode_entry(raw) if isinstance(raw, bytes) else None
-        return entry, (token.decode() if isinstance(token, bytes) else "") == lookup.token, lease is not None
+        return entry, (token.decode() if isinstance(token, bytes) else "") == found.token, lease is not None
 
-    async def fill(self, lookup: Lookup, *, entry: bytes, expiry_seconds: int) -> bool:
+    async def fill(self, found: Found, *, entry: bytes, expiry_seconds: int) -> bool:
         """Store ``entry`` if no write happened since ``lookup``; release the lease. Never raises."""
-        keys = [lookup.target.gen_key, lookup.entry_key, lookup.lease_key]
-        args: list[Any] = [lookup.token, entry, expiry_seconds, lookup.lease_owner]
+        keys = _args([found.target.gen_key, found.entry_key, found.lease_key])
+        args = _args([found.token, entry, expiry_seconds, found.lease_owner])
         if self._pending:
             # A write of this process committed but could not replace its tokens yet: what
             # this reader loaded may predate it, and the token check cannot tell.
             self._metrics.fills.labels("skipped").inc()
-            await self.release(lookup)
+            await self.release(found)
             return False
-        fast = self._pipelined
         try:
-            if fast is not None:
-                stored = bool(await self._call(lambda: self._fast_fill(fast, keys=keys, args=args)))
-            else:
-                stored = bool(await self._call(lambda: self._fill(keys=keys, args=args)))
+            stored = bool(await self._call(lambda: _SCRIPT_FILL(self._redis, keys=keys, args=args)))
         except CacheUnavailable:
             self._metrics.fills.labels("skipped").inc()
             return False
         self._metrics.fills.labels("stored" if stored else "rejected").inc()
         return stored
 
-    async def release(self, lookup: Lookup) -> None:
-        if lookup.leased:
+    async def release(self, found: Found) -> None:
+        if found.leased:
+            keys, args = [found.lease_key.encode()], [found.lease_owner.encode()]
             with contextlib.suppress(CacheUnavailable):  # else the lease expires by itself
-                await self._call(lambda: self._release(keys=[lookup.lease_key], args=[lookup.lease_owner]))
+                await self._call(lambda: _SCRIPT_RELEASE(self._redis, keys=keys, args=args))
 
     # --- writes -----------------------------------------------------------------------------
 
     async def invalidate(self, resource: str, item_id: str | None) -> bool:
         """New tokens for the resource's list pages (and the item); False if queued for later."""
-        # The retries ignore the circuit breaker on purpose: right after Redis restarts, the
-        # first command on a pooled connection fails and opens the breaker, while readers on
-        # fresh connections fill again; a write must not give up on its invalidation for that.
+        # The retries force a connection through an open breaker on purpose: right after Redis
+        # restarts, the first command on the old connection fails and opens the breaker, while
+        # readers on a new one fill again; a write must not give up on its invalidation for that.
         # A timeout, though, means Redis is not answering at all: retrying would only add
-        # another socket timeout to the write's latency.
+        # another timeout to the write's latency.
         for delay in (0.0, 0.02, 0.08, None):
             try:
-                await self._call(lambda: self._invalidate_now(resource, item_id), force=True)
+                await self._call(lambda: self._invalidate_now(resource, item_id, force=True), force=True)
                 return True
             except CacheUnavailable as exc:
-                timed_out = isinstance(exc.__cause__, redis.exceptions.TimeoutError | asyncio.TimeoutError)
+                timed_out = isinstance(exc.__cause__, redisconn.RedisTimeout)
             if delay is None or timed_out:
                 break
             await asyncio.sleep(delay)
@@ -327,17 +300,13 @@ class CacheStore:
         log.warning("invalidation of %s/%s queued until Redis is reachable", resource, item_id or "*")
         return False
 
-    async def _invalidate_now(self, resource: str, item_id: str | None) -> Any:
+    async def _invalidate_now(self, resource: str, item_id: str | None, *, force: bool = False) -> Any:
         keys = [contract.list_gen_key(self._prefix, resource)]
         if item_id is not None:
-            base = f"{self._prefix}:{resource}:"
-            keys += [
-                contract.item_gen_key(self._prefix, resource, item_id),
-                f"{base}i:{item_id}",
-                f"{base}f:i:{item_id}",
-            ]
-        args: list[str | int] = [os.urandom(16).hex(), os.urandom(16).hex(), contract.GEN_TTL_SECONDS]
-        return await self._invalidate(keys=keys, args=args)
+            entry_key = contract.item_key(self._prefix, resource, item_id)
+            keys += [contract.item_gen_key(self._prefix, resource, item_id), entry_key, contract.lease_key(entry_key)]
+        args = _args([os.urandom(16).hex(), os.urandom(16).hex(), contract.GEN_TTL_SECONDS])
+        return await _SCRIPT_INVALIDATE(self._redis, keys=_args(keys), args=args, force=force)
 
     async def flush_pending(self) -> bool:
         """Send queued invalidations; True when none is left."""
@@ -365,7 +334,7 @@ class CacheStore:
 
     async def ping(self) -> bool:
         try:
-            await self._call(lambda: self._client.ping())
+            await self._call(lambda: self._redis.call(b"PING"))
         except CacheUnavailable:
             return False
         return True
@@ -374,27 +343,10 @@ class CacheStore:
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
-        await self._client.aclose()
-        if self._pipelined is not None:
-            await self._pipelined.close()
+        await self._redis.close()
 
 
-def client_from_url(url: str) -> aioredis.Redis:
-    """A client that fails fast: short timeouts, no retries (the breaker decides when to retry).
-
-    The pool is bounded and blocking: a burst of concurrent requests waits briefly for a
-    connection instead of opening hundreds (or failing with "too many connections").
-    """
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=32,
-        timeout=1.0,
-        socket_connect_timeout=0.5,
-        socket_timeout=0.5,
-        health_check_interval=5,
-        retry=Retry(NoBackoff(), 0),
-    )
-    return aioredis.Redis.from_pool(pool)
+def connection(url: str) -> redisconn.PipelinedRedis:
+    """The api role's Redis connection: outages logged once each."""
+    on_down, on_up = breaker.log_outages(log, name="Redis")
+    return redisconn.PipelinedRedis(url, on_down=on_down, on_up=on_up)
