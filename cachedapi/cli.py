@@ -11,6 +11,8 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
+from cachedapi.runtime import main as runtime_main  # its options; it imports nothing heavy
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cachedapi", description=__doc__.splitlines()[0])
@@ -29,11 +31,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("operator", help="run the kopf operator (what the operator image runs)")
 
-    runtime = sub.add_parser("runtime", help="run a runtime role (what the runtime image runs)")
-    runtime.add_argument("--role", choices=["gateway", "api"], required=True)
-    runtime.add_argument("--host", default="0.0.0.0")
-    runtime.add_argument("--port", type=int, default=None, help="default: the role's port from the contract")
-    runtime.add_argument("--config", default=None, help="configuration file (default: $CACHEDAPI_CONFIG)")
+    runtime_main.add_arguments(sub.add_parser("runtime", help="run a runtime role (what the runtime image runs)"))
     return parser
 
 
@@ -46,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        from cachedapi import devstack
+        from cachedapi.dev import devstack
 
         return devstack.main(args)
     if args.command == "render":
@@ -58,8 +56,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return operator_main.main(args)
     if args.command == "runtime":
-        from cachedapi.runtime import main as runtime_main
-
         return runtime_main.main(args)
     return 2
 

@@ -23,13 +23,12 @@ Redis restarts empty while a reader is in PostgreSQL, its fill is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from cachedapi import model
 
 # --- Ports and paths ------------------------------------------------------------------------
 
@@ -123,53 +122,6 @@ class RuntimeConfig:
     rate_burst: int
     rate_by: str
     max_body_bytes: int = 1_048_576
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def key_prefix(api: model.CachedApi) -> str:
-    """Every Redis key of one CachedApi starts with this, so that two share a Redis safely."""
-    return f"ca:{api.metadata.namespace}:{api.metadata.name}"
-
-
-def api_service_url(api: model.CachedApi) -> str:
-    return f"http://{api.metadata.name}-api.{api.metadata.namespace}.svc:{API_PORT}"
-
-
-def render_config(api: model.CachedApi, *, upstream_url: str | None = None) -> dict[str, Any]:
-    """The runtime configuration for a CachedApi: what x-config holds, as plain JSON data.
-
-    Pure and deterministic (keys sorted when dumped), so that its hash can roll pods.
-    """
-    spec = api.spec
-    auth = spec.gateway.auth
-    jwt = None
-    if auth.mode == "jwt" and auth.jwt is not None:
-        jwt = {
-            "issuer": auth.jwt.issuer,
-            "audience": auth.jwt.audience,
-            "jwksUrl": auth.jwt.jwksUrl,
-            "usesSecret": auth.jwt.secretRef is not None,
-        }
-    return {
-        "version": CONFIG_VERSION,
-        "name": api.metadata.name,
-        "namespace": api.metadata.namespace,
-        "keyPrefix": key_prefix(api),
-        "upstreamUrl": upstream_url or api_service_url(api),
-        "cache": {
-            "staleWhileRevalidateSeconds": spec.cache.staleWhileRevalidateSeconds,
-            "staleIfErrorSeconds": spec.cache.staleIfErrorSeconds,
-        },
-        "auth": {"mode": auth.mode, "jwt": jwt},
-        "rateLimit": {
-            "requestsPerSecond": spec.gateway.rateLimit.requestsPerSecond,
-            "burst": spec.gateway.rateLimit.burst,
-            "by": spec.gateway.rateLimit.by,
-        },
-        "resources": [
-            {"name": r.name, "ttlSeconds": r.effective_ttl(spec.cache), "schema": r.schema_} for r in spec.resources
-        ],
-    }
 
 
 def dump_config(data: dict[str, Any]) -> str:
@@ -209,12 +161,12 @@ def parse_config(data: dict[str, Any]) -> RuntimeConfig:
         raise ValueError(f"config: missing key {exc.args[0]!r}") from None
 
 
-def load_config(path: str | Path) -> RuntimeConfig:
-    return parse_config(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def config_from_api(api: model.CachedApi, *, upstream_url: str | None = None) -> RuntimeConfig:
-    return parse_config(render_config(api, upstream_url=upstream_url))
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> RuntimeConfig:
+    """The configuration file as a role reads it at start; ``ENV_UPSTREAM_URL`` in ``environ``
+    overrides its upstream (``cachedapi dev``, the tests)."""
+    config = parse_config(json.loads(Path(path).read_text(encoding="utf-8")))
+    upstream = (environ or {}).get(ENV_UPSTREAM_URL)
+    return dataclasses.replace(config, upstream_url=upstream.rstrip("/")) if upstream else config
 
 
 # --- Redis key scheme -----------------------------------------------------------------------
@@ -222,8 +174,11 @@ def config_from_api(api: model.CachedApi, *, upstream_url: str | None = None) ->
 # {prefix}:{resource}:g:{id}           item generation token
 # {prefix}:{resource}:lg               list generation token (all pages of the resource)
 # {prefix}:{resource}:l:{token}:{q}    list page entry, q = canonical query string
-# {prefix}:{resource}:f:{cache key}    fill lease (one database query per missed key)
+# {entry key}:lease                    fill lease of an entry (one database query per missed key)
 # {prefix}:rl:{client}                 rate-limit state (GCRA theoretical arrival time)
+#
+# The Lua scripts of both roles spell none of this: they get the keys, or the two halves of a
+# list page's key around the token they read (``list_page_key_parts``), and ``LEASE_SUFFIX``.
 
 #: Generation tokens outlive every entry (entries live at most 3 * MAX_SECONDS).
 GEN_TTL_SECONDS = 7 * 86_400
@@ -241,17 +196,24 @@ def list_gen_key(prefix: str, resource: str) -> str:
     return f"{prefix}:{resource}:lg"
 
 
-def list_page_prefix(prefix: str, resource: str) -> str:
-    """The page key is this + the list generation token + ':' + canonical query."""
-    return f"{prefix}:{resource}:l:"
+def list_page_key_parts(prefix: str, resource: str, query: str) -> tuple[str, str]:
+    """A list page's key around its list generation token: ``head + token + tail``. (The token is
+    read inside a Lua script, in the same round trip as the page.)"""
+    return f"{prefix}:{resource}:l:", f":{query}"
 
 
 def list_page_key(prefix: str, resource: str, token: str, query: str) -> str:
-    return f"{list_page_prefix(prefix, resource)}{token}:{query}"
+    head, tail = list_page_key_parts(prefix, resource, query)
+    return head + token + tail
 
 
-def lease_key(prefix: str, resource: str, cache_key: str) -> str:
-    return f"{prefix}:{resource}:f:{cache_key}"
+#: The fill lease of an entry is the entry's key + this (no entry key holds a colon after its
+#: id or query, so no entry key can end like this).
+LEASE_SUFFIX = ":lease"
+
+
+def lease_key(entry_key: str) -> str:
+    return entry_key + LEASE_SUFFIX
 
 
 def rate_key(prefix: str, client: str) -> str:
@@ -275,6 +237,8 @@ def canonical_list_query(limit: int, cursor: str | None) -> str:
 # strong and quoted; neither it nor the content type may hold a space or a newline.
 
 ENTRY_MAGIC = b"CA1"
+#: The header's stored-at and ttl fields, as a Lua pattern (the api role's lookup script reads them).
+ENTRY_HEADER_LUA_PATTERN = "^CA1 (%d+) (%d+) "
 
 
 @dataclass(frozen=True, slots=True)

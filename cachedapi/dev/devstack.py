@@ -24,7 +24,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from cachedapi import contract, embedded, model
+from cachedapi import contract, model
+from cachedapi.dev import embedded
+from cachedapi.operator.children import config as x_config
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 30.0) -> None:
@@ -45,7 +47,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 30.
     raise TimeoutError(f"{url} not ready after {timeout}s ({last})")
 
 
-class Role:
+class Instance:
     """One ``cachedapi runtime`` process on a fixed loopback port; can be killed and restarted."""
 
     def __init__(self, *, role: str, port: int, env: dict[str, str], log_path: Path) -> None:
@@ -120,7 +122,7 @@ class Stack:
         self.postgres = postgres or embedded.PostgresServer()
         self.redis = redis or embedded.RedisServer()
         self.config_path = self.workdir / contract.CONFIG_FILE
-        self.config_path.write_text(contract.dump_config(contract.render_config(api)), encoding="utf-8")
+        self.config_path.write_text(contract.dump_config(x_config.render_config(api)), encoding="utf-8")
         base_env = {
             **os.environ,
             contract.ENV_CONFIG: str(self.config_path),
@@ -130,7 +132,7 @@ class Stack:
             **(extra_env or {}),
         }
         self.apis = [
-            Role(role="api", port=embedded.free_port(), env=base_env, log_path=self.workdir / f"api-{i}.log")
+            Instance(role="api", port=embedded.free_port(), env=base_env, log_path=self.workdir / f"api-{i}.log")
             for i in range(api_instances)
         ]
         self.gateways = []
@@ -138,7 +140,9 @@ class Stack:
             port = gateway_port if (i == 0 and gateway_port) else embedded.free_port()
             upstream = self.apis[i % api_instances].url
             env = {**base_env, contract.ENV_UPSTREAM_URL: upstream}
-            self.gateways.append(Role(role="gateway", port=port, env=env, log_path=self.workdir / f"gateway-{i}.log"))
+            self.gateways.append(
+                Instance(role="gateway", port=port, env=env, log_path=self.workdir / f"gateway-{i}.log")
+            )
 
     @property
     def url(self) -> str:
@@ -176,7 +180,7 @@ class Stack:
             out.append(f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}")
         return "\n".join(out)
 
-    def dead_roles(self) -> list[Role]:
+    def dead_instances(self) -> list[Instance]:
         return [r for r in [*self.apis, *self.gateways] if r.proc is not None and r.proc.poll() is not None]
 
     def __enter__(self) -> Self:
@@ -243,7 +247,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"  docs: {stack.url}/docs   metrics: {stack.url}/metrics   logs: {stack.workdir}")
         print("\n  Ctrl-C stops everything.", flush=True)
         while not stopping:
-            dead = stack.dead_roles()
+            dead = stack.dead_instances()
             if dead:
                 print(f"cachedapi dev: the {dead[0].role} role exited; its log:\n{stack.logs()}", file=sys.stderr)
                 return 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -182,10 +183,18 @@ class PostgresServer(_Server):
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
 
     @staticmethod
-    def _bin(tool: str) -> str:
-        import pgserver._commands
+    @functools.cache
+    def _bin_dir() -> Path:
+        """Where pgserver's PostgreSQL binaries are, as PostgreSQL's own ``pg_config`` says
+        (pgserver runs it for us: one of its public command functions)."""
+        import pgserver
 
-        return str(Path(pgserver._commands.POSTGRES_BIN_PATH) / tool)
+        # The command functions are made when pgserver is imported, hence unknown to mypy.
+        return Path(str(pgserver.pg_config(["--bindir"])).strip())  # type: ignore[attr-defined]
+
+    @classmethod
+    def _bin(cls, tool: str) -> str:
+        return str(cls._bin_dir() / tool)
 
     #: PostgreSQL refuses to run as root; as root, run it as this system user
     #: (the one pgserver itself creates for the same reason).
@@ -202,12 +211,11 @@ class PostgresServer(_Server):
         if user is not None:
             import stat
 
-            import pgserver._commands
             import pgserver.utils
 
             entry = pgserver.utils.ensure_user_exists(user)
             assert entry is not None, f"could not create system user {user}"
-            bin_dir = Path(pgserver._commands.POSTGRES_BIN_PATH)
+            bin_dir = self._bin_dir()
             pgserver.utils.ensure_prefix_permissions(bin_dir)
             pgserver.utils.ensure_folder_permissions(bin_dir, stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH)
             pgserver.utils.ensure_folder_permissions(bin_dir.parent / "lib", stat.S_IRGRP | stat.S_IROTH)

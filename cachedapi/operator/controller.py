@@ -32,7 +32,7 @@ class Controller:
 
     resync_seconds: float
     retry_seconds: float
-    client: kube.Client = field(default_factory=kube.Client)
+    api_server: kube.ApiServer = field(default_factory=kube.ApiServer)
     indices: Mapping[str, Any] = field(default_factory=dict)
     reconciler: reconcile.Reconciler | None = None
     scheduler: scheduler.Scheduler | None = None
@@ -42,7 +42,7 @@ class Controller:
     def start(self, indices: Mapping[str, Any]) -> None:
         """Begin, on the running loop, with kopf's live indexes (by index name)."""
         self.indices = indices
-        self.reconciler = reconcile.Reconciler(self.client)
+        self.reconciler = reconcile.Reconciler(self.api_server)
         self.scheduler = scheduler.Scheduler(self.work, retry_seconds=self.retry_seconds)
         self.resync_task = asyncio.get_running_loop().create_task(self.resync(), name="resync")
 
@@ -51,7 +51,7 @@ class Controller:
             self.resync_task.cancel()
         if self.scheduler is not None:
             await self.scheduler.close()
-        await self.client.close()
+        await self.api_server.close()
 
     def request(self, key: Hashable) -> None:
         if self.scheduler is not None:

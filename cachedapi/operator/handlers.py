@@ -104,7 +104,7 @@ async def shut_down(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.login()
 async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
-    """kopf's own logins, tried in-cluster first; the result is shared with ``kube.Client``."""
+    """kopf's own logins, tried in-cluster first; the result is shared with ``kube.ApiServer``."""
     info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
     token_path = SERVICE_ACCOUNT_TOKEN if info is not None else None
     if info is None:
@@ -127,7 +127,7 @@ async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
     def text(value: Any) -> str | None:
         return None if value is None else os.fsdecode(value)
 
-    await op.client.login(
+    await op.api_server.login(
         kube.Credentials(
             server=info.server,
             ca_path=text(info.ca_path),

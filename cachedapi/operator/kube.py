@@ -126,8 +126,9 @@ def _retry_after(value: str | None) -> float | None:
     return seconds if seconds is not None and 0 <= seconds <= 3600 else None
 
 
-class Client:
-    """Kubernetes I/O. ``login`` may be called again at any time with new credentials."""
+class ApiServer:
+    """The Kubernetes API server, as the operator talks to it. ``login`` may be called again at any time
+    with new credentials."""
 
     def __init__(self) -> None:
         self._credentials: Credentials | None = None

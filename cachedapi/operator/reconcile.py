@@ -105,10 +105,10 @@ def now_iso() -> str:
 
 
 class Reconciler:
-    """Converges CachedApis; all API traffic goes through ``kube.Client``."""
+    """Converges CachedApis; all API traffic goes through ``kube.ApiServer``."""
 
-    def __init__(self, client: kube.Client) -> None:
-        self.client = client
+    def __init__(self, api_server: kube.ApiServer) -> None:
+        self.api_server = api_server
         self.memory: dict[Key, Memory] = {}
         #: Secrets as last read, by (namespace, name), until the next periodic resync
         #: (``forget_secrets``). Secrets are not watched (that would mean reading every Secret in
@@ -129,19 +129,19 @@ class Reconciler:
         cached = self.secrets.get((namespace, name))
         if cached is not None:
             return cached
-        live = await self.client.get(kube.SECRET, namespace=namespace, name=name)
+        live = await self.api_server.get(kube.SECRET, namespace=namespace, name=name)
         if live is not None:
             self.secrets[(namespace, name)] = live
         return live
 
     async def reconcile(self, body: Mapping[str, Any], children: Mapping[ChildKey, dict[str, Any]]) -> None:
-        accepted = self.client.accepted
+        accepted = self.api_server.accepted
         try:
             await self._reconcile(body, children)
         except kube.ApiError as exc:
             if not exc.unavailable:
                 raise
-            progressed = self.client.accepted > accepted
+            progressed = self.api_server.accepted > accepted
             message = f"{exc}; the pass stopped at this answer"
             raise Unavailable(message, retry_after=exc.retry_after, progressed=progressed) from None
 
@@ -247,7 +247,7 @@ class Reconciler:
                 self.secrets.pop((api.metadata.namespace, name), None)
                 live = await self._secret(api.metadata.namespace, name)
             if live is None:
-                created = await self.client.create(wanted)
+                created = await self.api_server.create(wanted)
                 logger.info("created Secret %s/%s", api.metadata.namespace, name)
                 live = created or await self._secret(api.metadata.namespace, name) or wanted
                 self.secrets[(api.metadata.namespace, name)] = live
@@ -296,7 +296,7 @@ class Reconciler:
                 if clock - memory.created.get(ckey, -EXPECTATION_SECONDS) < EXPECTATION_SECONDS:
                     continue  # created moments ago; the watch has not shown it yet
                 try:
-                    created = await self.client.create(obj)
+                    created = await self.api_server.create(obj)
                 except kube.ApiError as exc:
                     if exc.unavailable:
                         raise
@@ -320,7 +320,7 @@ class Reconciler:
             ignore = want.ignore
             if drift.differs(obj, live, ignore=ignore, compared=want.compared):
                 try:
-                    await self.client.patch(
+                    await self.api_server.patch(
                         kube.kind_of(obj),
                         namespace=namespace,
                         name=ckey[1],
@@ -347,15 +347,15 @@ class Reconciler:
             if not any(r.get("uid") == uid and r.get("controller") for r in refs):
                 continue
             namespace = live["metadata"].get("namespace") or "default"
-            await self.client.delete(kube.CHILD_KINDS[ckey[0]], namespace=namespace, name=ckey[1])
+            await self.api_server.delete(kube.CHILD_KINDS[ckey[0]], namespace=namespace, name=ckey[1])
             logger.info("deleted %s %s/%s: no longer in the spec", ckey[0], namespace, ckey[1])
 
     @staticmethod
     def _workloads(
         api: model.CachedApi, *, children: Mapping[ChildKey, dict[str, Any]], touched: set[ChildKey]
-    ) -> dict[status.Role, status.Workload]:
-        out: dict[status.Role, status.Workload] = {}
-        for role in (names.Role.GATEWAY, names.Role.API):
+    ) -> dict[status.Component, status.Workload]:
+        out: dict[status.Component, status.Workload] = {}
+        for role in (names.Component.GATEWAY, names.Component.API):
             tier = runtime.tier(api, role)
             ckey = ("Deployment", names.child(api, role.value))
             desired = None if tier.autoscaling is not None else tier.replicas
@@ -363,14 +363,18 @@ class Reconciler:
                 role=role, kind="Deployment", live=children.get(ckey), desired=desired, touched=ckey in touched
             )
         if api.spec.cache.redis.managed is not None:
-            ckey = ("Deployment", names.child(api, names.Role.REDIS.value))
-            out[names.Role.REDIS] = status.observe(
-                role=names.Role.REDIS, kind="Deployment", live=children.get(ckey), desired=1, touched=ckey in touched
+            ckey = ("Deployment", names.child(api, names.Component.REDIS.value))
+            out[names.Component.REDIS] = status.observe(
+                role=names.Component.REDIS,
+                kind="Deployment",
+                live=children.get(ckey),
+                desired=1,
+                touched=ckey in touched,
             )
         if api.spec.database.managed is not None:
-            ckey = ("StatefulSet", names.child(api, names.Role.DB.value))
-            out[names.Role.DB] = status.observe(
-                role=names.Role.DB, kind="StatefulSet", live=children.get(ckey), desired=1, touched=ckey in touched
+            ckey = ("StatefulSet", names.child(api, names.Component.DB.value))
+            out[names.Component.DB] = status.observe(
+                role=names.Component.DB, kind="StatefulSet", live=children.get(ckey), desired=1, touched=ckey in touched
             )
         return out
 
@@ -386,7 +390,7 @@ class Reconciler:
         if not isinstance(stored, dict):
             patch = new  # a merge patch cannot merge into what is not an object: it replaces it
         try:
-            await self.client.patch(
+            await self.api_server.patch(
                 kube.CACHEDAPI, namespace=key[0], name=key[1], body={"status": patch}, subresource="status"
             )
         except kube.ApiError as exc:
@@ -412,7 +416,7 @@ class Reconciler:
     async def _event(self, key: Key, body: Mapping[str, Any], *, type_: str, reason: str, message: str) -> None:
         meta = body.get("metadata") or {}
         stamp = now_iso()
-        await self.client.post_event(
+        await self.api_server.post_event(
             {
                 "apiVersion": "v1",
                 "kind": "Event",

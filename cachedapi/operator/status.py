@@ -17,14 +17,14 @@ from typing import Any
 from cachedapi import model
 from cachedapi.operator.children import names
 
-Role = names.Role
+Component = names.Component
 
 
 @dataclass(frozen=True, kw_only=True)
 class Workload:
     """One Deployment or StatefulSet as observed: desired replicas and what is ready."""
 
-    role: Role
+    role: Component
     kind: str
     present: bool
     reported: bool  # the workload controller has written any status at all
@@ -38,7 +38,7 @@ class Workload:
         return self.present and self.available and not self.touched
 
 
-def observe(*, role: Role, kind: str, live: dict[str, Any] | None, desired: int | None, touched: bool) -> Workload:
+def observe(*, role: Component, kind: str, live: dict[str, Any] | None, desired: int | None, touched: bool) -> Workload:
     """``desired`` is None when an HPA owns the replica count (then the live spec says)."""
     if live is None:
         return Workload(
@@ -133,12 +133,12 @@ def compute(
     *,
     api: model.CachedApi,
     old: dict[str, Any],
-    workloads: dict[Role, Workload],
+    workloads: dict[Component, Workload],
     generation: int,
     api_keys_secret: str | None,
     now: str,
 ) -> dict[str, Any]:
-    gateway, api_tier = workloads[Role.GATEWAY], workloads[Role.API]
+    gateway, api_tier = workloads[Component.GATEWAY], workloads[Component.API]
     conditions = [
         _workload_condition("GatewayReady", gateway),
         _workload_condition("ApiReady", api_tier),
@@ -151,7 +151,7 @@ def compute(
             )
         )
     else:
-        conditions.append(_workload_condition("CacheReady", workloads[Role.REDIS]))
+        conditions.append(_workload_condition("CacheReady", workloads[Component.REDIS]))
     db_ref = api.spec.database.external
     if db_ref is not None:
         conditions.append(
@@ -160,7 +160,7 @@ def compute(
             )
         )
     else:
-        conditions.append(_workload_condition("DatabaseReady", workloads[Role.DB]))
+        conditions.append(_workload_condition("DatabaseReady", workloads[Component.DB]))
     waiting = [c["type"] for c in conditions if c["status"] != "True"]
     all_ready = not waiting
     conditions.insert(
@@ -187,7 +187,7 @@ def compute(
         "phase": phase,
         "ready": f"{gateway.ready}/{gateway.desired}",
         "endpoint": names.endpoint(api),
-        "selector": ",".join(f"{k}={v}" for k, v in names.selector(api, Role.GATEWAY.value).items()),
+        "selector": ",".join(f"{k}={v}" for k, v in names.selector(api, Component.GATEWAY.value).items()),
         "gateway": {"replicas": gateway.desired, "readyReplicas": gateway.ready},
         "api": {"replicas": api_tier.desired, "readyReplicas": api_tier.ready},
         "conditions": _merge_conditions(old.get("conditions") or [], conditions, generation=generation, now=now),

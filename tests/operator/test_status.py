@@ -8,7 +8,7 @@ from cachedapi import model
 from cachedapi.operator import status
 from cachedapi.operator.children import names
 
-Role = names.Role
+Component = names.Component
 
 
 def _api() -> model.CachedApi:
@@ -29,23 +29,23 @@ def _deployment(*, replicas: int, ready: int, generation: int = 1, observed: int
     }
 
 
-def _workloads(**overrides: dict[str, Any] | None) -> dict[Role, status.Workload]:
+def _workloads(**overrides: dict[str, Any] | None) -> dict[Component, status.Workload]:
     lives = {
-        Role.GATEWAY: _deployment(replicas=2, ready=2),
-        Role.API: _deployment(replicas=3, ready=3),
-        Role.REDIS: _deployment(replicas=1, ready=1),
-        Role.DB: _deployment(replicas=1, ready=1),
+        Component.GATEWAY: _deployment(replicas=2, ready=2),
+        Component.API: _deployment(replicas=3, ready=3),
+        Component.REDIS: _deployment(replicas=1, ready=1),
+        Component.DB: _deployment(replicas=1, ready=1),
     }
     for role, live in overrides.items():
-        lives[Role[role.upper()]] = live
-    desired = {Role.GATEWAY: 2, Role.API: 3, Role.REDIS: 1, Role.DB: 1}
+        lives[Component[role.upper()]] = live
+    desired = {Component.GATEWAY: 2, Component.API: 3, Component.REDIS: 1, Component.DB: 1}
     return {
         role: status.observe(role=role, kind="Deployment", live=live, desired=desired[role], touched=False)
         for role, live in lives.items()
     }
 
 
-def _compute(old: dict[str, Any], workloads: dict[Role, status.Workload], now: str) -> dict[str, Any]:
+def _compute(old: dict[str, Any], workloads: dict[Component, status.Workload], now: str) -> dict[str, Any]:
     return status.compute(
         api=_api(), old=old, workloads=workloads, generation=1, api_keys_secret="shop-api-keys", now=now
     )
@@ -97,7 +97,7 @@ def test_a_count_the_api_server_left_out_is_zero_not_all() -> None:
     # and the API server leaves zero counts out. The old pods are all ready and available.
     live = _deployment(replicas=3, ready=3)
     del live["status"]["updatedReplicas"]
-    seen = status.observe(role=Role.API, kind="Deployment", live=live, desired=3, touched=False)
+    seen = status.observe(role=Component.API, kind="Deployment", live=live, desired=3, touched=False)
     assert not seen.available
-    st = _compute({}, {**_workloads(), Role.API: seen}, now="2026-01-01T00:00:00Z")
+    st = _compute({}, {**_workloads(), Component.API: seen}, now="2026-01-01T00:00:00Z")
     assert st["phase"] != "Ready"

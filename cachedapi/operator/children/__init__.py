@@ -27,7 +27,7 @@ def desired_objects(api: model.CachedApi, inp: inputs.Inputs) -> list[dict[str, 
         objects += [database.service(api, inp), database.stateful_set(api, inp)]
     if spec.cache.redis.managed is not None:
         objects += [redis.service(api, inp), redis.deployment(api, inp)]
-    for role in (names.Role.API, names.Role.GATEWAY):
+    for role in (names.Component.API, names.Component.GATEWAY):
         objects += [runtime.service(api, inp, role=role), runtime.deployment(api, inp, role=role)]
         objects.append(scaling.pod_disruption_budget(api, inp, role=role))
         hpa = scaling.horizontal_pod_autoscaler(api, inp, role=role)
@@ -44,7 +44,7 @@ def create_only_paths(api: model.CachedApi) -> dict[tuple[str, str], list[tuple[
     operator only seeds them.
     """
     out: dict[tuple[str, str], list[tuple[str, ...]]] = {}
-    for role in (names.Role.API, names.Role.GATEWAY):
+    for role in (names.Component.API, names.Component.GATEWAY):
         if runtime.tier(api, role).autoscaling is not None:
             out[("Deployment", names.child(api, role.value))] = [("spec", "replicas")]
     return out

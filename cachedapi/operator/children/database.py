@@ -29,7 +29,7 @@ def _managed(api: model.CachedApi) -> model.ManagedDatabase:
 
 
 def stateful_set(api: model.CachedApi, inp: inputs.Inputs) -> dict[str, Any]:
-    role = names.Role.DB.value
+    role = names.Component.DB.value
     managed = _managed(api)
     creds = names.db_credentials(api)
     ready = ["pg_isready", "-h", "127.0.0.1", "-p", str(contract.POSTGRES_PORT), "-U", secrets.DB_USER]
@@ -101,7 +101,7 @@ def stateful_set(api: model.CachedApi, inp: inputs.Inputs) -> dict[str, Any]:
 
 
 def service(api: model.CachedApi, inp: inputs.Inputs) -> dict[str, Any]:
-    role = names.Role.DB.value
+    role = names.Component.DB.value
     return {
         "apiVersion": "v1",
         "kind": "Service",

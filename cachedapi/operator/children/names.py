@@ -18,8 +18,9 @@ LABEL_PART_OF = "app.kubernetes.io/part-of"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 
 
-class Role(enum.Enum):
-    """The workloads of one CachedApi; the value is the child-name suffix and the component label."""
+class Component(enum.Enum):
+    """The workloads of one CachedApi (the ``app.kubernetes.io/component`` label, and the child-name
+    suffix). Two of them run the runtime's two *roles*, ``gateway`` and ``api``."""
 
     GATEWAY = "gateway"
     API = "api"
@@ -83,4 +84,4 @@ def metadata(api: model.CachedApi, *, name: str, component: str, uid: str) -> di
 
 def endpoint(api: model.CachedApi) -> str:
     port = api.spec.gateway.service.port
-    return f"http://{child(api, Role.GATEWAY.value)}.{api.metadata.namespace}.svc:{port}"
+    return f"http://{child(api, Component.GATEWAY.value)}.{api.metadata.namespace}.svc:{port}"

@@ -13,7 +13,7 @@ from typing import Any
 from cachedapi import contract, model
 from cachedapi.operator.children import inputs, names
 
-GATEWAY, API, REDIS, DB = (role.value for role in names.Role)
+GATEWAY, API, REDIS, DB = (role.value for role in names.Component)
 
 
 def _dns() -> dict[str, Any]:

@@ -39,7 +39,7 @@ def command(api: model.CachedApi) -> list[str]:
 
 
 def deployment(api: model.CachedApi, inp: inputs.Inputs) -> dict[str, Any]:
-    role = names.Role.REDIS.value
+    role = names.Component.REDIS.value
     managed = _managed(api)
     container = {
         "name": "redis",
@@ -77,7 +77,7 @@ def deployment(api: model.CachedApi, inp: inputs.Inputs) -> dict[str, Any]:
 
 
 def service(api: model.CachedApi, inp: inputs.Inputs) -> dict[str, Any]:
-    role = names.Role.REDIS.value
+    role = names.Component.REDIS.value
     return {
         "apiVersion": "v1",
         "kind": "Service",

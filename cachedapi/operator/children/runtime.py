@@ -17,12 +17,12 @@ from cachedapi.operator.children import config, inputs, names, pods
 PORT_NAME = "http"
 
 
-def tier(api: model.CachedApi, role: names.Role) -> model.Gateway | model.Api:
-    return api.spec.gateway if role is names.Role.GATEWAY else api.spec.api
+def tier(api: model.CachedApi, role: names.Component) -> model.Gateway | model.Api:
+    return api.spec.gateway if role is names.Component.GATEWAY else api.spec.api
 
 
-def port(role: names.Role) -> int:
-    return contract.GATEWAY_PORT if role is names.Role.GATEWAY else contract.API_PORT
+def port(role: names.Component) -> int:
+    return contract.GATEWAY_PORT if role is names.Component.GATEWAY else contract.API_PORT
 
 
 def image(api: model.CachedApi, inp: inputs.Inputs) -> str:
@@ -60,7 +60,7 @@ def _redis_url(api: model.CachedApi, wiring: _Wiring) -> None:
     if redis.external is not None:
         wiring.secret_file(contract.ENV_REDIS_URL, redis.external.urlSecretRef)
         return
-    host = f"{names.child(api, names.Role.REDIS.value)}.{api.metadata.namespace}.svc"
+    host = f"{names.child(api, names.Component.REDIS.value)}.{api.metadata.namespace}.svc"
     wiring.env.append({"name": contract.ENV_REDIS_URL, "value": f"redis://{host}:{contract.REDIS_PORT}/0"})
 
 
@@ -73,13 +73,13 @@ def _database_url(api: model.CachedApi, wiring: _Wiring) -> None:
         wiring.secret_file(contract.ENV_DATABASE_URL, ref)
 
 
-def read_secrets(api: model.CachedApi, role: names.Role) -> list[str]:
+def read_secrets(api: model.CachedApi, role: names.Component) -> list[str]:
     """The Secrets a role's pods read at start: a change to any of them rolls the pods."""
     spec = api.spec
     out: list[str] = []
     if spec.cache.redis.external is not None:
         out.append(spec.cache.redis.external.urlSecretRef.name)
-    if role is names.Role.API:
+    if role is names.Component.API:
         db = spec.database
         out.append(db.external.urlSecretRef.name if db.external is not None else names.db_credentials(api))
     else:
@@ -92,7 +92,7 @@ def read_secrets(api: model.CachedApi, role: names.Role) -> list[str]:
     return sorted(set(out))
 
 
-def _env_and_volumes(api: model.CachedApi, role: names.Role) -> tuple[list[Any], list[Any], list[Any]]:
+def _env_and_volumes(api: model.CachedApi, role: names.Component) -> tuple[list[Any], list[Any], list[Any]]:
     wiring = _Wiring()
     wiring.env.append({"name": contract.ENV_CONFIG, "value": f"{contract.CONFIG_DIR}/{contract.CONFIG_FILE}"})
     wiring.volumes += [{"name": "config", "configMap": {"name": names.config_map(api)}}, pods.empty_dir("tmp")]
@@ -101,7 +101,7 @@ def _env_and_volumes(api: model.CachedApi, role: names.Role) -> tuple[list[Any],
         {"name": "tmp", "mountPath": pods.TMP_DIR},
     ]
     _redis_url(api, wiring)
-    if role is names.Role.API:
+    if role is names.Component.API:
         _database_url(api, wiring)
         return wiring.env, wiring.volumes, wiring.mounts
     keys = names.api_keys_secret(api)
@@ -117,16 +117,16 @@ def _env_and_volumes(api: model.CachedApi, role: names.Role) -> tuple[list[Any],
     return wiring.env, wiring.volumes, wiring.mounts
 
 
-def pod_hash(api: model.CachedApi, inp: inputs.Inputs, *, role: names.Role) -> str:
+def pod_hash(api: model.CachedApi, inp: inputs.Inputs, *, role: names.Component) -> str:
     return pods.config_hash(
         texts=[config.text(api)], secrets={name: inp.digest(name) for name in read_secrets(api, role)}
     )
 
 
-def deployment(api: model.CachedApi, inp: inputs.Inputs, *, role: names.Role) -> dict[str, Any]:
+def deployment(api: model.CachedApi, inp: inputs.Inputs, *, role: names.Component) -> dict[str, Any]:
     settings = tier(api, role)
     env, volumes, mounts = _env_and_volumes(api, role)
-    memory = "64Mi" if role is names.Role.GATEWAY else "96Mi"
+    memory = "64Mi" if role is names.Component.GATEWAY else "96Mi"
     #: Each process is measured at <= 100 MiB RSS under load (bench/); the limit leaves room.
     limit = "256Mi"
     container = {
@@ -165,8 +165,8 @@ def deployment(api: model.CachedApi, inp: inputs.Inputs, *, role: names.Role) ->
     }
 
 
-def service(api: model.CachedApi, inp: inputs.Inputs, *, role: names.Role) -> dict[str, Any]:
-    if role is names.Role.GATEWAY:
+def service(api: model.CachedApi, inp: inputs.Inputs, *, role: names.Component) -> dict[str, Any]:
+    if role is names.Component.GATEWAY:
         svc_type, svc_port = api.spec.gateway.service.type, api.spec.gateway.service.port
     else:
         svc_type, svc_port = "ClusterIP", contract.API_PORT

@@ -8,7 +8,7 @@ from cachedapi import model
 from cachedapi.operator.children import inputs, names, runtime
 
 
-def pod_disruption_budget(api: model.CachedApi, inp: inputs.Inputs, *, role: names.Role) -> dict[str, Any]:
+def pod_disruption_budget(api: model.CachedApi, inp: inputs.Inputs, *, role: names.Component) -> dict[str, Any]:
     """At most one pod of a tier down at a time by voluntary disruption (never blocks a drain)."""
     name = names.child(api, role.value)
     return {
@@ -19,7 +19,9 @@ def pod_disruption_budget(api: model.CachedApi, inp: inputs.Inputs, *, role: nam
     }
 
 
-def horizontal_pod_autoscaler(api: model.CachedApi, inp: inputs.Inputs, *, role: names.Role) -> dict[str, Any] | None:
+def horizontal_pod_autoscaler(
+    api: model.CachedApi, inp: inputs.Inputs, *, role: names.Component
+) -> dict[str, Any] | None:
     scaling = runtime.tier(api, role).autoscaling
     if scaling is None:
         return None

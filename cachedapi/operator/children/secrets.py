@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import secrets as random
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +25,7 @@ DEFAULT_KEY_LABEL = "default"
 
 def new_token() -> str:
     """A fresh secret value: URL-safe, so that it needs no escaping in a connection URL."""
-    return random.token_urlsafe(32)
+    return secrets.token_urlsafe(32)
 
 
 def _b64(value: str) -> str:
@@ -33,7 +33,7 @@ def _b64(value: str) -> str:
 
 
 def db_url(api: model.CachedApi, password: str) -> str:
-    host = f"{names.child(api, names.Role.DB.value)}.{api.metadata.namespace}.svc"
+    host = f"{names.child(api, names.Component.DB.value)}.{api.metadata.namespace}.svc"
     return f"postgresql://{DB_USER}:{password}@{host}:{contract.POSTGRES_PORT}/{DB_NAME}"
 
 
