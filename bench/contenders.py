@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 
 from bench import data, wrk
-from cachedapi import contract, devstack, embedded, model
+from cachedapi import contract, model
+from cachedapi.dev import devstack, embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"
@@ -113,7 +114,7 @@ class Contender:
 
 
 def rss_mib(pids: list[int]) -> float:
-    """The largest resident set among ``pids`` and their children, in MiB (design.md: per process)."""
+    """The largest resident set among ``pids`` and their children, in MiB (the target is per process)."""
     largest = 0
     for pid in _tree(pids):
         try:
@@ -153,7 +154,7 @@ class Gateway(Contender):
         self.server = server
         self.extra_env = env or {}
         self.name = f"cachedapi gateway ({server}{label})"
-        self.role: devstack.Role | None = None
+        self.role: devstack.Instance | None = None
 
     def start(self, world: World) -> None:
         stack = world.stack
@@ -163,7 +164,7 @@ class Gateway(Contender):
             "CACHEDAPI_HTTP_SERVER": self.server,
             **self.extra_env,
         }
-        self.role = devstack.Role(
+        self.role = devstack.Instance(
             role="gateway", port=embedded.free_port(), env=env, log_path=stack.workdir / f"bench-{id(self)}.log"
         )
         self.role.start()

@@ -19,7 +19,8 @@ import psycopg
 import pytest
 import redis
 
-from cachedapi import embedded, model
+from cachedapi import model
+from cachedapi.dev import embedded
 from tests.e2e import build
 from tests.e2e import cluster as control_plane
 

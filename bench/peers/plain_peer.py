@@ -1,7 +1,7 @@
 """The miss-path peer: plain FastAPI + psycopg, no cache, reading the same row from the same PostgreSQL.
 
 What the gateway's miss path (gateway -> api role -> PostgreSQL -> cache fill)
-is compared with (design.md section 7: its p50 at most 2x this one's): the
+is compared with (the target: its p50 at most 2x this one's): the
 read a FastAPI user writes without any cache, with a pool as large as the api
 role's. A PUT replaces the item, so that it serves the read/write mix too.
 Run as ``python -m bench.peers.plain_peer PORT DATABASE_URL``.

@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from cachedapi import embedded
+from cachedapi.dev import embedded
 from tests.e2e import build
 
 NODE_NAME = "kwok-node-0"

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from cachedapi import embedded
+from cachedapi.dev import embedded
 from tests.e2e import cluster as control_plane
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,9 @@ import httpx
 import psycopg
 import pytest
 
-from cachedapi import contract, devstack, embedded, model
+from cachedapi import contract, model
+from cachedapi.dev import devstack, embedded
+from cachedapi.operator.children import config as x_config
 
 API_KEY = "test-key-1"
 
@@ -74,17 +76,17 @@ def running_stack(
 @contextlib.contextmanager
 def extra_gateway(
     stack: devstack.Stack, api: model.CachedApi, *, env: dict[str, str] | None = None, upstream: str | None = None
-) -> Iterator[devstack.Role]:
+) -> Iterator[devstack.Instance]:
     """One more gateway process with ``api``'s configuration, in front of the stack's api role."""
     config_path = stack.workdir / f"gateway-{uuid.uuid4().hex[:8]}.json"
-    config_path.write_text(contract.dump_config(contract.render_config(api)), encoding="utf-8")
+    config_path.write_text(contract.dump_config(x_config.render_config(api)), encoding="utf-8")
     role_env = {
         **stack.gateways[0].env,
         contract.ENV_CONFIG: str(config_path),
         contract.ENV_UPSTREAM_URL: upstream or stack.apis[0].url,
         **(env or {}),
     }
-    role = devstack.Role(
+    role = devstack.Instance(
         role="gateway", port=embedded.free_port(), env=role_env, log_path=Path(str(config_path) + ".log")
     )
     try:

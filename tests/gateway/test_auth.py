@@ -9,7 +9,8 @@ import httpx
 import jwt
 import pytest
 
-from cachedapi import contract, devstack, model
+from cachedapi import contract, model
+from cachedapi.dev import devstack
 from tests.gateway.conftest import API_KEY, extra_gateway, variant
 
 JWT_SECRET = "a-test-secret-of-at-least-32-bytes!!"
@@ -57,7 +58,7 @@ def test_docs_are_forwarded_without_a_key(anonymous: httpx.Client) -> None:
 
 
 @pytest.fixture(scope="module")
-def jwt_gateway(stack: devstack.Stack, bookstore_module: model.CachedApi) -> Iterator[devstack.Role]:
+def jwt_gateway(stack: devstack.Stack, bookstore_module: model.CachedApi) -> Iterator[devstack.Instance]:
     api = variant(
         bookstore_module,
         gateway={
@@ -81,7 +82,7 @@ def _token(**overrides: object) -> str:
     return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
 
 
-def test_valid_hs256_token_is_accepted(jwt_gateway: devstack.Role) -> None:
+def test_valid_hs256_token_is_accepted(jwt_gateway: devstack.Instance) -> None:
     resp = httpx.get(f"{jwt_gateway.url}/v1/books", headers={"Authorization": f"Bearer {_token()}"}, timeout=10)
     assert resp.status_code == 200
 
@@ -95,7 +96,7 @@ def test_valid_hs256_token_is_accepted(jwt_gateway: devstack.Role) -> None:
     ],
 )
 def test_bad_token_is_401_saying_what_is_wrong(
-    jwt_gateway: devstack.Role, claims: dict[str, object], reason: str
+    jwt_gateway: devstack.Instance, claims: dict[str, object], reason: str
 ) -> None:
     headers = {"Authorization": f"Bearer {_token(**claims)}"}
     resp = httpx.get(f"{jwt_gateway.url}/v1/books", headers=headers, timeout=10)
@@ -104,7 +105,7 @@ def test_bad_token_is_401_saying_what_is_wrong(
     assert reason in resp.json()["detail"].lower()
 
 
-def test_token_signed_with_another_secret_or_algorithm_is_refused(jwt_gateway: devstack.Role) -> None:
+def test_token_signed_with_another_secret_or_algorithm_is_refused(jwt_gateway: devstack.Instance) -> None:
     claims = {"sub": "mallory", "aud": "bookstore", "iss": ISSUER, "exp": int(time.time()) + 60}
     forged = jwt.encode(claims, "some-other-secret-of-32-bytes-or-more", algorithm="HS256")
     unsigned = jwt.encode(claims, None, algorithm="none")

@@ -14,7 +14,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from cachedapi import contract, devstack, model
+from cachedapi import contract, model
+from cachedapi.dev import devstack
 from cachedapi.runtime.gateway import auth
 from tests.gateway.conftest import extra_gateway, variant
 

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from cachedapi import contract, devstack, model
+from cachedapi import contract, model
+from cachedapi.dev import devstack
 from tests.gateway.conftest import extra_gateway, variant
 
 RATE = 0.2  # per second: a test's few seconds add at most a request or two
@@ -18,7 +19,7 @@ KEYS = ["burst-key", "shared-key"]
 
 
 @pytest.fixture(scope="module")
-def limited(stack: devstack.Stack, bookstore_module: model.CachedApi) -> Iterator[list[devstack.Role]]:
+def limited(stack: devstack.Stack, bookstore_module: model.CachedApi) -> Iterator[list[devstack.Instance]]:
     """Two gateways with a low limit, in front of the same api role and Redis."""
     api = variant(bookstore_module, gateway={"rateLimit": {"requestsPerSecond": RATE, "burst": BURST, "by": "apiKey"}})
     env = {contract.ENV_API_KEYS: ",".join(KEYS)}
@@ -26,11 +27,11 @@ def limited(stack: devstack.Stack, bookstore_module: model.CachedApi) -> Iterato
         yield [first, second]
 
 
-def _get(role: devstack.Role, key: str) -> httpx.Response:
+def _get(role: devstack.Instance, key: str) -> httpx.Response:
     return httpx.get(f"{role.url}/v1/books", headers={"X-API-Key": key}, timeout=10)
 
 
-def test_burst_past_the_limit_gets_429_with_retry_after(limited: list[devstack.Role]) -> None:
+def test_burst_past_the_limit_gets_429_with_retry_after(limited: list[devstack.Instance]) -> None:
     started = time.monotonic()
     answers = [_get(limited[0], "burst-key") for _ in range(BURST + 3)]
     allowed = [a for a in answers if a.status_code == 200]
@@ -49,7 +50,7 @@ def test_burst_past_the_limit_gets_429_with_retry_after(limited: list[devstack.R
     assert int(last.headers["ratelimit-reset"]) >= 1
 
 
-def test_two_gateways_share_one_limit(limited: list[devstack.Role]) -> None:
+def test_two_gateways_share_one_limit(limited: list[devstack.Instance]) -> None:
     started = time.monotonic()
     answers = [_get(limited[i % 2], "shared-key") for i in range(2 * BURST + 2)]
     allowed = sum(a.status_code == 200 for a in answers)
@@ -57,7 +58,7 @@ def test_two_gateways_share_one_limit(limited: list[devstack.Role]) -> None:
     assert {a.status_code for a in answers} == {200, 429}
 
 
-def test_failed_authentication_is_limited_by_client_ip(limited: list[devstack.Role]) -> None:
+def test_failed_authentication_is_limited_by_client_ip(limited: list[devstack.Instance]) -> None:
     answers = [_get(limited[0], "wrong-key") for _ in range(BURST + 2)]
     assert [a.status_code for a in answers[:BURST]] == [401] * BURST
     assert answers[-1].status_code == 429

@@ -23,8 +23,9 @@ async def test_a_burst_of_requests_costs_one_more_pass_not_one_per_request() -> 
         sched.request("a")
     sched.request("b")
     gate.set()
-    while not sched.idle:
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(10):  # a hang fails the test instead of holding the suite
+        while not sched.idle:
+            await asyncio.sleep(0.01)
     assert sorted(passes) == ["a", "a", "b"]
     await sched.close()
 
@@ -78,8 +79,9 @@ async def test_requests_while_a_retry_is_pending_wait_for_it_and_success_resets_
     await asyncio.sleep(0.05)
     assert calls == 1, "an event jumped the backoff"
     fail = False
-    while calls < 2 or not sched.idle:
-        await asyncio.sleep(0.02)
+    async with asyncio.timeout(10):
+        while calls < 2 or not sched.idle:
+            await asyncio.sleep(0.02)
     assert calls == 2
     assert sched.delay("a") <= 0.2 * (1 + scheduler.JITTER), "the success did not reset the backoff"
     await sched.close()

@@ -1,4 +1,4 @@
-"""Checks a recorded history against what design.md promises, and audits the stores afterwards.
+"""Checks a recorded history against what the README promises (Cache coherence), and audits the stores afterwards.
 
 - stale reads: a read that returned a counter older than a write to the same
   key acknowledged *before the read began* (or a 404 after one);
@@ -16,6 +16,7 @@ import psycopg
 import redis
 
 from cachedapi import contract, model
+from cachedapi.operator.children import config as x_config
 
 from .load import EVENTS, KV, History
 
@@ -78,7 +79,7 @@ def lost_creates(hist: History, database_url: str) -> int:
 
 def stale_cache_entries(hist: History, api: model.CachedApi, redis_url: str) -> list[str]:
     """Keys whose Redis entry holds a counter older than the last acknowledged write."""
-    prefix = contract.key_prefix(api)
+    prefix = x_config.key_prefix(api)
     client = redis.Redis.from_url(redis_url)
     try:
         bad = []

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cachedapi import devstack
+from cachedapi.dev import devstack
 
 from . import checker, load
 

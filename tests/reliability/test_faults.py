@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from . import checker, scenarios
 
 SECONDS = float(os.environ.get("CACHEDAPI_FAULT_SECONDS", "6"))
@@ -59,8 +57,7 @@ def test_gateway_restart_loses_nothing() -> None:
     _assert_nothing_lost_or_stale(outcome)
 
 
-@pytest.mark.parametrize("run", [1])
-def test_no_read_older_than_an_acknowledged_write_across_two_gateways(run: int) -> None:
+def test_no_read_older_than_an_acknowledged_write_across_two_gateways() -> None:
     outcome = scenarios.consistency(SECONDS)
     _assert_nothing_lost_or_stale(outcome)
     assert _statuses(outcome, "reads") == {"200"}, outcome.figures

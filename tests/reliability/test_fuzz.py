@@ -23,7 +23,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from cachedapi import devstack, model
+from cachedapi import model
+from cachedapi.dev import devstack
 
 from ..conftest import EXAMPLES
 
@@ -47,7 +48,7 @@ def stack() -> Iterator[devstack.Stack]:
     )
     with devstack.Stack(api) as s:
         yield s
-        assert not s.dead_roles(), s.logs()
+        assert not s.dead_instances(), s.logs()
 
 
 def _schemathesis(url: str, api_key: str, *, exclude: str) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from cachedapi import devstack, model
+from cachedapi import model
+from cachedapi.dev import devstack
 
 from ..conftest import EXAMPLES
 
@@ -23,7 +24,7 @@ def stack() -> Iterator[devstack.Stack]:
     api = model.load_manifest(EXAMPLES / "bookstore.yaml")[0]
     with devstack.Stack(api) as s:
         yield s
-        assert not s.dead_roles(), s.logs()
+        assert not s.dead_instances(), s.logs()
 
 
 @pytest.fixture(params=["gateway", "api"])

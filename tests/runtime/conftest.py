@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from cachedapi import contract, model
+from cachedapi.operator.children import config as x_config
 from cachedapi.runtime.api import app as api_app
 
 
@@ -19,7 +20,7 @@ def runtime_config(
     api: model.CachedApi, *, ttl: int | None = None, stale_if_error: int | None = None
 ) -> contract.RuntimeConfig:
     """The api's runtime configuration, with every cacheable resource's ttl and the stale window overridden."""
-    config = contract.config_from_api(api)
+    config = x_config.runtime_config(api)
     resources = {
         name: dataclasses.replace(res, ttl_seconds=ttl) if ttl is not None and res.cacheable else res
         for name, res in config.resources.items()

@@ -1,8 +1,8 @@
-"""Redis memory per cached item, the design.md section 7 figure: <= 1.5x its body bytes + 200 bytes.
+"""Redis memory per cached item, the README's figure: <= 1.5x its body bytes + 200 bytes.
 
 Counted by Redis itself (``MEMORY USAGE``) over every key a cached item costs:
-its entry and its generation token, for an item of the 280-byte size design.md
-calibrates with. The fixed cost (entry header, key names, the token key) is
+its entry and its generation token, for an item of the 280-byte size the benchmark
+uses. The fixed cost (entry header, key names, the token key) is
 about 210 bytes, so items much smaller than that miss the figure (a 102-byte
 body costs 362 bytes); the README says so.
 """
@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from cachedapi import contract, model
+from cachedapi.operator.children import config as x_config
 
 
 async def test_a_cached_item_costs_redis_at_most_one_and_a_half_its_body_plus_200_bytes(
@@ -26,7 +27,7 @@ async def test_a_cached_item_costs_redis_at_most_one_and_a_half_its_body_plus_20
     assert (await client.put("/v1/books/dune", json=book)).status_code == 201
     first = await client.get("/v1/books/dune")
     assert (await client.get("/v1/books/dune")).headers["x-cache"] == "HIT"
-    prefix = contract.key_prefix(bookstore)
+    prefix = x_config.key_prefix(bookstore)
     r = aioredis.Redis.from_url(redis_url)
     try:
         keys = [contract.item_key(prefix, "books", "dune"), contract.item_gen_key(prefix, "books", "dune")]

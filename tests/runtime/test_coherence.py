@@ -16,9 +16,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from cachedapi import contract, model
-from cachedapi.runtime import cache
+from cachedapi.runtime.api import cache, documents, reads
 from cachedapi.runtime.api import db as db_mod
-from cachedapi.runtime.api import documents, reads
 
 from .conftest import runtime_config, serve
 

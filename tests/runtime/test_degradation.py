@@ -16,7 +16,8 @@ import httpx
 import psycopg
 from fastapi import FastAPI
 
-from cachedapi import embedded, model
+from cachedapi import model
+from cachedapi.dev import embedded
 
 from .conftest import app_metric, runtime_config, serve
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import httpx
 
-from cachedapi import contract, devstack, embedded, model
+from cachedapi import contract, model
+from cachedapi.dev import devstack, embedded
+from cachedapi.operator.children import config as x_config
 
 from .conftest import metric
 
@@ -38,7 +40,7 @@ def test_the_api_role_process_serves_caches_and_stops_cleanly(
 
 def test_the_api_role_refuses_to_start_without_a_database_url(tmp_path: Path, bookstore: model.CachedApi) -> None:
     config = tmp_path / "config.json"
-    config.write_text(contract.dump_config(contract.render_config(bookstore)))
+    config.write_text(contract.dump_config(x_config.render_config(bookstore)))
     env = {k: v for k, v in os.environ.items() if k not in (contract.ENV_DATABASE_URL, contract.ENV_REDIS_URL)}
     done = subprocess.run(
         [sys.executable, "-m", "cachedapi", "runtime", "--role", "api", "--config", str(config), "--port", "0"],

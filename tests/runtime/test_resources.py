@@ -1,4 +1,4 @@
-"""The resource API of design.md section 4, row by row, against real PostgreSQL and Redis."""
+"""The resource API of the README's HTTP table, row by row, against real PostgreSQL and Redis."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import httpx
 import psycopg
 import pytest
 
-from cachedapi import embedded, model
+from cachedapi import model
+from cachedapi.dev import embedded
 
 from .conftest import runtime_config, serve
 

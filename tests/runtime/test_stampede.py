@@ -14,7 +14,8 @@ import time
 import httpx
 import psycopg
 
-from cachedapi import devstack, embedded, model
+from cachedapi import model
+from cachedapi.dev import devstack, embedded
 
 from .conftest import app_metric, runtime_config, serve
 
