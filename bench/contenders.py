@@ -319,11 +319,76 @@ def available() -> dict[str, Contender]:
     return found
 
 
+class GatewayAt(Contender):
+    """The gateway and an api role of their own, as they were at a git revision: before and after a
+    change, in one run. Their code is a ``git worktree`` of the revision in a temporary directory
+    (removed at the end); they share the world's PostgreSQL, Redis, data and configuration."""
+
+    expect = ("x-cache", "HIT")
+
+    def __init__(self, revision: str) -> None:
+        super().__init__()
+        self.revision = revision
+        self.name = f"cachedapi gateway at {revision}"
+        self.tree: Path | None = None
+        self.api: devstack.Instance | None = None
+        self.gateway: devstack.Instance | None = None
+
+    def start(self, world: World) -> None:
+        self.tree = Path(tempfile.mkdtemp(prefix="cachedapi-bench-rev-")) / "tree"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(self.tree), self.revision],
+            cwd=ROOT, check=True, capture_output=True,
+        )  # fmt: skip
+        stack = world.stack
+        env = {**stack.apis[0].env, "PYTHONPATH": str(self.tree)}
+        self.api = devstack.Instance(
+            role="api",
+            port=embedded.free_port(),
+            env=env,
+            log_path=stack.workdir / f"bench-api-{self.revision}.log",
+            cwd=self.tree,
+        )
+        self.api.start()
+        gateway_env = {**env, contract.ENV_UPSTREAM_URL: self.api.url, "CACHEDAPI_HTTP_SERVER": "granian"}
+        self.gateway = devstack.Instance(
+            role="gateway",
+            port=embedded.free_port(),
+            env=gateway_env,
+            log_path=stack.workdir / f"bench-gateway-{self.revision}.log",
+            cwd=self.tree,
+        )
+        self.gateway.start()
+
+    @property
+    def base(self) -> str:
+        assert self.gateway is not None
+        return self.gateway.url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": API_KEY}
+
+    def stop(self) -> None:
+        for instance in (self.gateway, self.api):
+            if instance is not None:
+                instance.stop()
+        if self.tree is not None:
+            subprocess.run(["git", "worktree", "remove", "--force", str(self.tree)], cwd=ROOT, check=False)
+            shutil.rmtree(self.tree.parent, ignore_errors=True)
+
+    def pids(self) -> list[int]:
+        return [i.pid for i in (self.gateway,) if i is not None and i.pid is not None]
+
+
 def variant(name: str) -> Contender | None:
     """Contenders made from their name, run only when named: ``gateway-uvicorn`` is the gateway under
-    uvicorn; ``gateway-bp<N>`` under granian with backpressure N (``server.ENV_BACKPRESSURE``)."""
+    uvicorn; ``gateway-bp<N>`` under granian with backpressure N (``server.ENV_BACKPRESSURE``);
+    ``gateway-at-<revision>`` the gateway and api role as they were at a git revision."""
     if name == "gateway-uvicorn":
         return Gateway("uvicorn")
+    if name.startswith("gateway-at-"):
+        return GatewayAt(name.removeprefix("gateway-at-"))
     match = re.fullmatch(r"gateway-bp(\d+)", name)
     if match is None:
         return None

@@ -50,11 +50,13 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 30.
 class Instance:
     """One ``cachedapi runtime`` process on a fixed loopback port; can be killed and restarted."""
 
-    def __init__(self, *, role: str, port: int, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, *, role: str, port: int, env: dict[str, str], log_path: Path, cwd: Path | None = None) -> None:
         self.role = role
         self.port = port
         self.env = env
         self.log_path = log_path
+        #: The working directory, whose ``cachedapi`` (if any) ``python -m`` imports first.
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,6 +75,7 @@ class Instance:
                 [sys.executable, "-m", "cachedapi", "runtime", "--role", self.role,
                  "--host", "127.0.0.1", "--port", str(self.port)],
                 env=self.env,
+                cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
