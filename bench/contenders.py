@@ -9,6 +9,7 @@ line in ``available``.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -83,6 +84,8 @@ class Contender:
     expect: tuple[str, str] | None = None
     #: The scenarios it takes part in.
     scenarios: frozenset[str] = frozenset({"hit", "large", "miss", "mix", "stampede"})
+    #: Its reads fill the world's Redis under the api role's keys (so cold ids must not be shared).
+    shares_cache = False
 
     def __init__(self) -> None:
         #: How many cold ids (``data.Seeded.miss_ids``) its runs have used: each is read once.
@@ -111,6 +114,23 @@ class Contender:
     def pids(self) -> list[int]:
         """The processes serving (for memory figures): the started process and its children."""
         return []
+
+    def cpu_pids(self, world: World) -> list[int]:
+        """Every process a request of this contender costs CPU in (with their children); by default
+        its own. The gateway's requests also cost the api role's."""
+        return self.pids()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time spent so far by ``pids`` and their children, in seconds."""
+    ticks = 0
+    for pid in _tree(pids):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pids: list[int]) -> float:
@@ -148,6 +168,7 @@ class Gateway(Contender):
     """The gateway role, with auth (API key) and the rate limit on, under one HTTP server."""
 
     expect = ("x-cache", "HIT")
+    shares_cache = True
 
     def __init__(self, server: str, *, env: dict[str, str] | None = None, label: str = "") -> None:
         super().__init__()
@@ -184,6 +205,10 @@ class Gateway(Contender):
 
     def pids(self) -> list[int]:
         return [self.role.pid] if self.role is not None and self.role.pid is not None else []
+
+    def cpu_pids(self, world: World) -> list[int]:
+        api = world.stack.apis[0].pid
+        return [*self.pids(), *([api] if api is not None else [])]
 
 
 class _Process(Contender):
@@ -302,8 +327,6 @@ http {{
 
 
 def _root() -> bool:
-    import os
-
     return os.geteuid() == 0
 
 
@@ -325,6 +348,7 @@ class GatewayAt(Contender):
     (removed at the end); they share the world's PostgreSQL, Redis, data and configuration."""
 
     expect = ("x-cache", "HIT")
+    shares_cache = True
 
     def __init__(self, revision: str) -> None:
         super().__init__()
@@ -379,6 +403,9 @@ class GatewayAt(Contender):
 
     def pids(self) -> list[int]:
         return [i.pid for i in (self.gateway,) if i is not None and i.pid is not None]
+
+    def cpu_pids(self, world: World) -> list[int]:
+        return [i.pid for i in (self.gateway, self.api) if i is not None and i.pid is not None]
 
 
 def variant(name: str) -> Contender | None:

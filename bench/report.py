@@ -39,7 +39,7 @@ def table(results: dict[str, Any]) -> str:
         head = ["contender", "req/s median (min-max)", "p50 ms", "p99 ms", *[f"x {SHORT[b]} req/s" for b in bases]]
         if any(f"p50_vs_{b}" in data["ratios"] for b in bases):
             head += [f"p50 / {SHORT[b]} p50" for b in bases if f"p50_vs_{b}" in data["ratios"]]
-        head.append("RSS MiB")
+        head += ["CPU us/req", "RSS MiB"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, entry in data["contenders"].items():
             m = entry["median"]
@@ -51,6 +51,7 @@ def table(results: dict[str, Any]) -> str:
                 *_ratio_cells(data, name, bases),
             ]
             cells += [f"{data['ratios'][f'p50_vs_{b}'][name]:.2f}" for b in bases if f"p50_vs_{b}" in data["ratios"]]
+            cells.append(f"{m.get('cpu_us_per_request', 0):.0f}")
             cells.append(f"{entry['rss_mib_after']:.0f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

@@ -26,6 +26,9 @@ class Run:
     requests: int
     non_2xx_3xx: int
     socket_errors: int
+    #: CPU (user + system) the contender's processes spent per request, in microseconds: steadier
+    #: than req/s on a machine where other work runs (set by the caller, which knows the processes).
+    cpu_us_per_request: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

