@@ -177,6 +177,9 @@ def build_runtime() -> str:
     ensure_tools()
     ensure_base()
     podman("build", *_build_args(), "-t", RUNTIME, "-f", str(ROOT / "Dockerfile"), str(ROOT))
+    # Each build leaves the image it replaced untagged: drop those older than a day (the recent
+    # ones are the next build's layer cache).
+    podman("image", "prune", "--force", "--filter", "until=24h", check=False)
     return RUNTIME
 
 
