@@ -1,4 +1,5 @@
-"""A tiny upstream that answers with the headers it received, for the header-forwarding tests.
+"""A tiny upstream that answers with the request it received, for the header-forwarding tests and
+the tests of the gateway's HTTP client.
 
 The api role has no reason to show the headers a request reached it with, so
 these tests put this echo behind a real gateway instead; it also answers with
@@ -26,6 +27,10 @@ async def app(
 ) -> None:
     if scope["type"] != "http":
         return
+    if scope["path"] == "/empty":
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
     if scope["path"] == "/healthz":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
@@ -39,7 +44,17 @@ async def app(
         if not message.get("more_body"):
             break
     seen = [[name.decode("latin-1"), value.decode("latin-1")] for name, value in scope["headers"]]
-    payload = orjson.dumps({"headers": seen, "method": scope["method"], "bodyBytes": len(body)})
+    payload = orjson.dumps(
+        {
+            "headers": seen,
+            "method": scope["method"],
+            "path": scope["path"],
+            "query": scope["query_string"].decode("latin-1"),
+            "body": body.decode("latin-1"),
+            "bodyBytes": len(body),
+            "clientPort": scope["client"][1] if scope.get("client") else None,
+        }
+    )
     headers = [
         (b"content-type", b"application/json"),
         (b"connection", b"x-upstream-hop"),

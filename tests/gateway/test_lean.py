@@ -15,42 +15,16 @@ import uvicorn
 from cachedapi.dev import embedded
 from cachedapi.runtime.gateway import lean
 
+from . import echo_upstream
+
 Message = MutableMapping[str, Any]
-
-
-async def _echo(
-    scope: Message, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
-) -> None:
-    if scope["type"] != "http":
-        return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    if scope["path"] == "/empty":
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-        return
-    payload = orjson.dumps(
-        {
-            "method": scope["method"],
-            "path": scope["path"],
-            "query": scope["query_string"].decode(),
-            "body": body.decode(),
-            "client_port": scope["client"][1],
-            "headers": {k.decode(): v.decode() for k, v in scope["headers"]},
-        }
-    )
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": payload})
 
 
 @contextlib.asynccontextmanager
 async def real_server() -> AsyncIterator[int]:
     port = embedded.free_port()
-    server = uvicorn.Server(uvicorn.Config(_echo, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    config = uvicorn.Config(echo_upstream.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
@@ -77,8 +51,9 @@ async def test_every_method_with_its_body_on_one_kept_alive_connection() -> None
                 assert resp.status == 200
                 echoed = orjson.loads(resp.body)
                 assert (echoed["method"], echoed["query"], echoed["body"].encode()) == (method, "x=y", body)
-                assert echoed["headers"]["host"] == f"127.0.0.1:{port}" and echoed["headers"]["x-request-id"] == "r1"
-                seen.append(echoed["client_port"])
+                headers = dict(echoed["headers"])
+                assert headers["host"] == f"127.0.0.1:{port}" and headers["x-request-id"] == "r1"
+                seen.append(echoed["clientPort"])
             assert len(set(seen)) == 1, "each request opened a connection of its own"
             empty = await pool.request("GET", "/empty", [])
             assert (empty.status, empty.body) == (204, b"")
@@ -93,7 +68,7 @@ async def test_concurrent_requests_use_at_most_the_pool_size_of_connections() ->
             answers = await asyncio.gather(*(pool.request("GET", f"/n/{i}", []) for i in range(30)))
             paths = [orjson.loads(a.body)["path"] for a in answers]
             assert paths == [f"/n/{i}" for i in range(30)]
-            assert len({orjson.loads(a.body)["client_port"] for a in answers}) <= 3
+            assert len({orjson.loads(a.body)["clientPort"] for a in answers}) <= 3
         finally:
             pool.close()
 
