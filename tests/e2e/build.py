@@ -117,8 +117,9 @@ def ensure(*, quiet: bool = False) -> Binaries:
     if not quiet:
         print(f"building the control plane ({KUBERNETES_VERSION}) and kwok ({KWOK_VERSION}) into {target}; "
               "15-30 min the first time", file=sys.stderr, flush=True)  # fmt: skip
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".building-") as tmp:
-        out = Path(tmp) / "bin"
+    building = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
+    try:
+        out = building / "bin"
         out.mkdir()
         env = {"CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false"}
         _run(
@@ -131,8 +132,9 @@ def ensure(*, quiet: bool = False) -> Binaries:
         if missing:
             raise RuntimeError(f"the build made no {', '.join(missing)}")
         shutil.rmtree(target, ignore_errors=True)
-        os.rename(tmp, target)
-        Path(tmp).mkdir()  # for TemporaryDirectory's own clean-up
+        os.rename(building, target)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)  # gone already when the build succeeded
     if not quiet:
         print(f"built in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return Binaries(bin_dir=target / "bin", kwok_stages=stages)
