@@ -54,6 +54,35 @@ def test_bad_spec_error_names_the_field(spec: dict[str, object], field: str) -> 
     assert field in str(err.value)
 
 
+_SHELF = {"type": "object", "properties": {"year": {"type": "integer"}, "tags": {"type": "array"}}}
+
+
+@pytest.mark.parametrize(
+    ("indexes", "message"),
+    [
+        ([{"keys": ["author"]}], "spec.resources[0]: indexes[0].keys[0]: 'author' is not a top-level property"),
+        ([{"keys": ["-year", "tags"]}], "indexes[0].keys[1]: 'tags' has no scalar type"),
+        ([{"keys": ["year", "-year"]}], "indexes[0]: a property is named twice"),
+        ([{"keys": ["year"]}, {"keys": ["year"]}], "indexes[1]: the same index is declared twice"),
+        ([{"keys": ["year desc"]}], "spec.resources[0].indexes[0].keys[0]"),
+        ([{"keys": []}], "spec.resources[0].indexes[0].keys"),
+    ],
+)
+def test_a_bad_index_is_refused_naming_its_key(indexes: list[object], message: str) -> None:
+    body = _api(resources=[{"name": "shelf", "schema": _SHELF, "indexes": indexes}])
+    with pytest.raises(model.ManifestError) as err:
+        model.parse(body)
+    assert message in str(err.value)
+
+
+def test_declared_indexes_reach_the_runtime_configuration() -> None:
+    api = model.load_manifest(EXAMPLES / "bookstore.yaml")[0]
+    cfg = contract.parse_config(x_config.render_config(api))
+    assert cfg.resources["books"].indexes == (("author",), ("-year", "title"))
+    assert cfg.resources["authors"].indexes == ()
+    assert "indexes" not in x_config.render_config(api)["resources"][1]  # none declared: none rendered
+
+
 def test_config_carries_effective_ttls_and_is_deterministic() -> None:
     api = model.load_manifest(EXAMPLES / "bookstore.yaml")[0]
     first = contract.dump_config(x_config.render_config(api))

@@ -54,7 +54,7 @@ def manifest(*, ttl: int = 30, swr: int = 0, sie: int = 300, rate: float = 1_000
 
 @dataclass(slots=True)
 class Op:
-    kind: str  # "read" | "write" | "create"
+    kind: str  # "read" | "write" | "create" | "list" (a list page; each item on it is also a "read")
     key: str
     start: float
     end: float
@@ -73,7 +73,7 @@ class History:
         for op in self.ops:
             if op.kind == kind:
                 label = str(op.status) if op.status else "no-answer"
-                if op.kind == "read" and op.x_cache and op.status == 200:
+                if op.kind in ("read", "list") and op.x_cache and op.status == 200:
                     label += f" {op.x_cache}"
                 counts[label] = counts.get(label, 0) + 1
         return dict(sorted(counts.items()))
@@ -133,6 +133,37 @@ async def _reader(client: httpx.AsyncClient, keys: list[str], until: float, hist
             await asyncio.sleep(0.02)
 
 
+#: Filtered, sorted and sparse list reads: each item on the page counts as a read of its key,
+#: so the checker holds list pages (cached under the list's generation token) to the same rule.
+LIST_QUERIES = (
+    "n[gte]=0&sort=-n,writer&limit=100",
+    "writer[ne]=nobody&fields=n&limit=100",
+    "n[lt]=1000000000&sort=writer&limit=100",
+)
+
+
+async def _list_reader(client: httpx.AsyncClient, until: float, hist: History) -> None:
+    while time.monotonic() < until:
+        query = random.choice(LIST_QUERIES)
+        start = time.monotonic()
+        items: list[dict[str, object]] = []
+        x_cache = None
+        try:
+            resp = await client.get(f"/v1/{KV}?{query}")
+            status = resp.status_code
+            x_cache = resp.headers.get("x-cache")
+            if status == 200:
+                items = resp.json()["items"]
+        except httpx.HTTPError:
+            status = 0
+        end = time.monotonic()
+        hist.ops.append(Op("list", query, start, end, status, x_cache=x_cache))
+        if status != 200:
+            await asyncio.sleep(0.02)
+        for item in items:
+            hist.ops.append(Op("read", str(item["id"]), start, end, 200, n=int(str(item["n"])), x_cache=x_cache))
+
+
 async def _creator(client: httpx.AsyncClient, until: float, hist: History) -> None:
     seq = 0
     while time.monotonic() < until:
@@ -157,6 +188,7 @@ async def run(
     seconds: float,
     keys: int = 8,
     readers_per_url: int = 4,
+    list_readers_per_url: int = 1,
     creators: int = 1,
     timeout: float = 10.0,
 ) -> History:
@@ -176,6 +208,7 @@ async def run(
             mine = names[w :: len(clients)]
             tasks.append(_writer(client, mine, f"w{w}", until, hist))
             tasks.extend(_reader(client, names, until, hist) for _ in range(readers_per_url))
+            tasks.extend(_list_reader(client, until, hist) for _ in range(list_readers_per_url))
         tasks.extend(_creator(clients[i % len(clients)], until, hist) for i in range(creators))
         await asyncio.gather(*tasks)
     finally:

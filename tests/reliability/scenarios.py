@@ -55,6 +55,7 @@ def _audit(name: str, seconds: float, stack: devstack.Stack, hist: load.History)
     time.sleep(0.5)
     figures = {
         "reads": hist.by_status("read"),
+        "lists": hist.by_status("list"),
         "writes": hist.by_status("write"),
         "creates": hist.by_status("create"),
         "acked_writes": len(hist.acked_writes()),

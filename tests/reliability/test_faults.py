@@ -61,3 +61,6 @@ def test_no_read_older_than_an_acknowledged_write_across_two_gateways() -> None:
     outcome = scenarios.consistency(SECONDS)
     _assert_nothing_lost_or_stale(outcome)
     assert _statuses(outcome, "reads") == {"200"}, outcome.figures
+    lists = outcome.figures["lists"]
+    assert _statuses(outcome, "lists") == {"200"}, outcome.figures
+    assert lists.get("200 HIT", 0) > 0 and lists.get("200 MISS", 0) > 0, "filtered pages were cached and retired"

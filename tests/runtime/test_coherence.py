@@ -13,9 +13,10 @@ import time
 
 import httpx
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
-from cachedapi import contract, model
+from cachedapi import contract, listquery, model
 from cachedapi.runtime.api import cache, documents, reads
 from cachedapi.runtime.api import db as db_mod
 
@@ -69,22 +70,62 @@ async def test_a_fill_with_no_write_in_between_is_stored(
         assert (await client.get("/v1/books/dune")).headers["x-cache"] == "HIT"
 
 
-async def test_a_list_page_fill_that_read_before_a_write_is_rejected(
+async def test_a_write_stores_its_answer_over_an_older_entry_and_the_next_read_is_a_hit(
     bookstore: model.CachedApi, database_url: str, redis_url: str
+) -> None:
+    async with serve(runtime_config(bookstore), database_url=database_url, redis_url=redis_url) as (_, client):
+        await client.put("/v1/books/dune", json=OLD)
+        assert (await client.get("/v1/books/dune")).headers["x-cache"] == "MISS"  # created: nothing stored
+        for write in (client.put("/v1/books/dune", json=NEW), client.patch("/v1/books/dune", json={"year": 1965})):
+            written = await write
+            read = await client.get("/v1/books/dune")
+            assert read.headers["x-cache"] == "HIT"
+            assert read.content == written.content and read.headers["etag"] == written.headers["etag"]
+        assert read.json() == {"id": "dune", **NEW, "year": 1965}
+
+
+@pytest.mark.parametrize("meanwhile", ["a later write", "a Redis restart"])
+async def test_a_late_invalidation_stores_nothing_over_a_newer_entry_or_none(
+    bookstore: model.CachedApi, database_url: str, redis_url: str, meanwhile: str
+) -> None:
+    """A write commits, but its invalidation runs late: after a later write's own (which stored the
+    newer answer), or after Redis lost everything. It must store nothing, and leave no entry."""
+    async with serve(runtime_config(bookstore), database_url=database_url, redis_url=redis_url) as (app, client):
+        store: cache.CacheStore = app.state.store
+        await client.put("/v1/books/dune", json={"title": "older", "author": "A"})
+        await client.get("/v1/books/dune")  # cached
+        late = await client.put("/v1/books/dune", json=OLD)  # its invalidation is replayed below, late
+        if meanwhile == "a later write":
+            await client.put("/v1/books/dune", json=NEW)
+            assert (await client.get("/v1/books/dune")).headers["x-cache"] == "HIT"
+        else:
+            r = aioredis.Redis.from_url(redis_url)
+            await r.flushall()  # what a restart of a Redis without persistence looks like
+            await r.aclose()
+        written = cache.Written(_version(late), _entry(late.content, late.headers["etag"]), 600)
+        assert await store.invalidate("books", "dune", written=written) is True
+        read = await client.get("/v1/books/dune")
+        assert read.headers["x-cache"] == "MISS"
+        assert read.json()["title"] == ("new" if meanwhile == "a later write" else "old")
+
+
+@pytest.mark.parametrize("spelled", ["", "author=A&sort=-year,title&fields=title"])
+async def test_a_list_page_fill_that_read_before_a_write_is_rejected(
+    bookstore: model.CachedApi, database_url: str, redis_url: str, spelled: str
 ) -> None:
     async with serve(runtime_config(bookstore), database_url=database_url, redis_url=redis_url) as (app, client):
         store: cache.CacheStore = app.state.store
         database: db_mod.Database = app.state.database
         await client.put("/v1/books/a", json=OLD)
-        query = contract.canonical_list_query(contract.DEFAULT_PAGE_LIMIT, None)
-        lookup = await store.lookup(store.list_target("books", query), now_ms=reads.now_ms(), force=False)
-        rows = await database.page("books", after_seq=0, limit=contract.DEFAULT_PAGE_LIMIT)
+        query = listquery.parse(spelled, listquery.properties(bookstore.spec.resources[0].schema_))
+        lookup = await store.lookup(store.list_target("books", query.key_text()), now_ms=reads.now_ms(), force=False)
+        rows = await database.page("books", query, limit=contract.DEFAULT_PAGE_LIMIT)
         created = (await client.post("/v1/books", json=NEW)).json()["id"]
 
         body = orjson.dumps({"items": [{"id": r.id, **r.data} for r in rows], "nextCursor": None})
         assert await store.fill(lookup, entry=_entry(body, '"lold"'), expiry_seconds=600) is False
-        ids = [item["id"] for item in (await client.get("/v1/books")).json()["items"]]
-        assert ids == ["a", created]
+        ids = [item["id"] for item in (await client.get(f"/v1/books?{spelled}")).json()["items"]]
+        assert ids == [created, "a"] if spelled else ["a", created]
 
 
 def _version(resp: httpx.Response) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -66,3 +67,27 @@ def test_local_refs_of_a_resource_schema_resolve_inside_the_document(bookstore: 
     with pytest.raises(jsonschema.ValidationError):  # the rebased $ref applies
         _matches(doc, "items.item", instance={"id": "x", "price": -1})
     assert doc["components"]["parameters"]["limit"]["schema"]["maximum"] == contract.MAX_PAGE_LIMIT
+
+
+_SAMPLE = {"integer": "1", "number": "1.5", "string": "x", "boolean": "true"}
+
+
+async def test_the_list_query_syntax_is_documented_per_resource_with_its_types(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    listing = doc["paths"]["/v1/books"]["get"]
+    params = {p["name"]: p for p in listing["parameters"] if "name" in p}
+    assert params["year"]["schema"] == {"type": ["integer"]}
+    assert params["year[gt]"]["schema"] == {"type": ["integer"]}
+    assert params["price[lte]"]["schema"] == {"type": ["number"]}
+    assert params["author[in]"]["schema"] == {"type": "string"}
+    assert "tags" not in params and "tags[in]" not in params  # an array: not filterable
+    assert "?year[gt]=1960" in listing["description"] and "?sort=-year,title" in listing["description"]
+    assert re.match(params["sort"]["schema"]["pattern"], "-year,title")
+    assert not re.match(params["sort"]["schema"]["pattern"], "tags")
+    for name in params:  # every documented filter is one the api role accepts
+        if name in ("sort", "fields"):
+            continue
+        declared = params[name.partition("[")[0]]["schema"]["type"]  # [in] takes a list of the property's type
+        value = _SAMPLE[declared[0]]
+        resp = await client.get("/v1/books", params={name: value})
+        assert resp.status_code == 200, (name, resp.text)

@@ -4,7 +4,8 @@ Each resource gets its own paths with its own JSON Schema: ``<name>`` is the
 schema a client writes, ``<name>.item`` the representation read back (the same
 schema with the server's ``id`` added), ``<name>.page`` a list page. ``$ref``s
 inside a resource schema (``#/$defs/...``) are rewritten to point into its
-component, so they resolve inside this document. Every error is
+component, so they resolve inside this document; ``<name>.listed`` is an item as a
+page lists it (only ``id`` is required, since ``?fields=`` may leave out the rest). Every error is
 ``application/problem+json``; ETag, If-Match, If-None-Match and the cache
 headers are documented on the operations that use them.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from cachedapi import contract
+from cachedapi import contract, listquery
 from cachedapi.runtime import problems
 from cachedapi.runtime.api import documents, protocol
 
@@ -59,7 +60,11 @@ _CACHE_HEADERS = {
     "ETag": {"description": "Strong entity tag", **_HEADER},
     "X-Cache": {"description": "HIT, MISS, STALE or BYPASS", "schema": {"enum": ["HIT", "MISS", "STALE", "BYPASS"]}},
     "Age": {"description": "Seconds since the answer was read from the database", "schema": {"type": "integer"}},
-    "Cache-Control": {"description": "max-age = seconds of freshness left", **_HEADER},
+    "Cache-Control": {
+        "description": "max-age = seconds of freshness left; private (authenticated callers) or public "
+        "(a resource declared public) says whether a shared cache may keep it; no-store: never cached",
+        **_HEADER,
+    },
 }
 _PARAMETERS = {
     "id": {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": documents.ID_PATTERN}},
@@ -100,7 +105,66 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {contract.JSON: {"schema": schema}}
 
 
-def _resource_paths(name: str) -> dict[str, Any]:
+_LIST_SYNTAX = (
+    "Filters on the schema's top-level properties of scalar type, read as that type: `?author=Frank%20Herbert` "
+    "(or `author[eq]=`), `?year[gt]=1960` (also `[gte]`, `[lt]`, `[lte]`, `[ne]`), `?year[in]=1965,1969` "
+    '(or a JSON array, `?author[in]=["Le Guin, Ursula","Herbert"]`); `null` is JSON null where the type allows '
+    "it, and an absent property compares as null; comparisons match values of their own type only. "
+    "`?sort=-year,title` (`-` descending; ties in creation order), `?fields=title,year` (`id` always comes), "
+    "`limit`, and `cursor` (the `nextCursor` of the previous page, with the same filters and sort). "
+    "An unknown parameter, an undeclared property or a value of the wrong type answers 400 naming it."
+)
+
+
+def _list_parameters(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """``limit``, ``cursor``, ``sort``, ``fields`` and one parameter per filter a property allows."""
+    props = listquery.properties(schema)
+    usable = sorted(n for n, p in props.items() if p.types)
+    names = "|".join(usable) or "id"
+    out: list[dict[str, Any]] = [_ref("parameters", "limit"), _ref("parameters", "cursor")]
+    if usable:
+        out.append(
+            {
+                "name": "sort",
+                "in": "query",
+                "required": False,
+                "description": "Sort keys, `-` for descending; ties in creation order",
+                "schema": {"type": "string", "pattern": f"^-?({names})(,-?({names}))*$"},
+                "example": ",".join(usable[:2]),
+            }
+        )
+    every = "|".join(["id", *sorted(props)])
+    out.append(
+        {
+            "name": "fields",
+            "in": "query",
+            "required": False,
+            "description": "The properties to return (`id` always comes)",
+            "schema": {"type": "string", "pattern": f"^({every})(,({every}))*$"},
+        }
+    )
+    for name in usable:
+        prop = props[name]
+        typed = {"type": sorted(prop.types)}
+        for op in listquery.OPERATORS:
+            if op in listquery.RANGE_OPERATORS and not prop.comparable:
+                continue
+            param = name if op == "eq" else f"{name}[{op}]"
+            described = {
+                "eq": f"{name} equals this",
+                "ne": f"{name} differs from this (or is absent)",
+                "gt": f"{name} is greater than this",
+                "gte": f"{name} is at least this",
+                "lt": f"{name} is less than this",
+                "lte": f"{name} is at most this",
+                "in": f"{name} is one of these: comma-separated, or a JSON array",
+            }[op]
+            schema_of = {"type": "string"} if op == "in" else typed
+            out.append({"name": param, "in": "query", "required": False, "description": described, "schema": schema_of})
+    return out
+
+
+def _resource_paths(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     item, page = _ref("schemas", f"{name}.item"), _ref("schemas", f"{name}.page")
     body = {"required": True, "content": _json(_ref("schemas", name))}
     item_ok: dict[str, Any] = {
@@ -117,8 +181,9 @@ def _resource_paths(name: str) -> dict[str, Any]:
             "get": {
                 "tags": tag,
                 "operationId": f"list_{name}",
-                "summary": f"A page of {name}, in creation order",
-                "parameters": [_ref("parameters", "limit"), _ref("parameters", "cursor")],
+                "summary": f"A page of {name}: filtered, sorted and with the fields asked for",
+                "description": _LIST_SYNTAX,
+                "parameters": _list_parameters(schema),
                 "responses": {
                     "200": {"description": "A page", "headers": _CACHE_HEADERS, "content": _json(page)},
                     **_errors(400, 503),
@@ -207,15 +272,17 @@ def build(config: contract.RuntimeConfig) -> dict[str, Any]:
     for name, res in sorted(config.resources.items()):
         schemas[name] = _rebase(res.schema, name)
         schemas[f"{name}.item"] = _item_schema(name, res.schema)
+        # As listed: every property, or only the ones ``?fields=`` names (``id`` always).
+        schemas[f"{name}.listed"] = {**schemas[f"{name}.item"], "required": ["id"]}
         schemas[f"{name}.page"] = {
             "type": "object",
             "required": ["items", "nextCursor"],
             "properties": {
-                "items": {"type": "array", "items": _ref("schemas", f"{name}.item")},
+                "items": {"type": "array", "items": _ref("schemas", f"{name}.listed")},
                 "nextCursor": {"type": ["string", "null"]},
             },
         }
-        paths.update(_resource_paths(name))
+        paths.update(_resource_paths(name, res.schema))
     paths.update(_service_paths())
     problem = {problems.CONTENT_TYPE: {"schema": _ref("schemas", "Problem")}}
     responses = {

@@ -1,9 +1,9 @@
 """Which Redis key a request reads: the route table, built once from the configuration.
 
 The gateway reads what the api role writes, so the keys come from
-``contract`` and a list query is put into ``contract.canonical_list_query``'s
-one spelling exactly as the api role does. A request the gateway cannot map
-with certainty (an invalid ``limit``, a repeated or unknown parameter, a
+``contract`` and a list query (filters, sort, fields, limit, cursor) is parsed
+by ``listquery`` into its one spelling exactly as the api role does. A request
+the gateway cannot map with certainty (any query ``listquery`` refuses, a
 nested path) is not looked up but forwarded: the api role answers it, with a
 400 if it is wrong, so the gateway never serves a page for a query the api
 role would have refused.
@@ -11,10 +11,10 @@ role would have refused.
 
 from __future__ import annotations
 
-import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from cachedapi import contract
+from cachedapi import contract, listquery
+from cachedapi.runtime.gateway import answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,13 @@ class Resource:
     #: A list page's key is this + the list generation token + ``page_tail(query)``.
     page_head: bytes
     prefix: str
+    #: What a list query may name (``listquery.properties`` of the resource's schema).
+    properties: dict[str, listquery.Property] = field(default_factory=dict)
+    #: The page tails of the query strings seen (``page_tail``): parsing a query costs more
+    #: than the rest of a list hit; bounded, and emptied when full.
+    tails: dict[bytes, bytes | None] = field(default_factory=dict)
+    #: Cache-Control of its cached answers, ``%d`` for the seconds left (``answers.cache_control_format``).
+    cache_control: bytes = b"max-age=%d"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,37 +60,34 @@ def build(config: contract.RuntimeConfig) -> dict[str, Resource]:
             list_gen_key=contract.list_gen_key(prefix, name).encode(),
             page_head=contract.list_page_key_parts(prefix, name, "")[0].encode(),
             prefix=prefix,
+            properties=listquery.properties(res.schema),
+            cache_control=answers.cache_control_format(contract.cache_scope(config, name)),
         )
         for name, res in config.resources.items()
         if res.cacheable
     }
 
 
-def canonical_query(query_string: bytes) -> bytes | None:
-    """The canonical list query, or None when the api role must judge the query itself."""
-    limit = contract.DEFAULT_PAGE_LIMIT
-    cursor: str | None = None
-    if query_string:
-        seen: set[str] = set()
-        try:
-            pairs = urllib.parse.parse_qsl(query_string.decode("ascii"), keep_blank_values=True, strict_parsing=True)
-        except (UnicodeDecodeError, ValueError):
-            return None
-        for name, value in pairs:
-            if name in seen:
-                return None
-            seen.add(name)
-            if name == "limit":
-                if not value.isascii() or not value.isdigit():
-                    return None
-                limit = int(value)
-                if not 1 <= limit <= contract.MAX_PAGE_LIMIT:
-                    return None
-            elif name == "cursor":
-                cursor = value
-            else:
-                return None
-    return contract.canonical_list_query(limit, cursor).encode()
+MAX_REMEMBERED_QUERIES = 4096
+
+
+def page_tail(resource: Resource, query_string: bytes) -> bytes | None:
+    """The page key's tail for this query, or None when the api role must judge the query itself."""
+    tails = resource.tails
+    try:
+        return tails[query_string]
+    except KeyError:
+        pass
+    try:
+        query = listquery.parse(query_string, resource.properties)
+    except listquery.QueryError:
+        tail = None
+    else:
+        tail = contract.list_page_key_parts(resource.prefix, resource.name, query.key_text())[1].encode()
+    if len(tails) >= MAX_REMEMBERED_QUERIES:
+        tails.clear()
+    tails[query_string] = tail
+    return tail
 
 
 def read(resources: dict[str, Resource], path: str, query_string: bytes) -> Read | None:
@@ -93,11 +97,10 @@ def read(resources: dict[str, Resource], path: str, query_string: bytes) -> Read
     if resource is None:
         return None
     if not slash:
-        query = canonical_query(query_string)
-        if query is None:
+        tail = page_tail(resource, query_string)
+        if tail is None:
             return None
-        tail = contract.list_page_key_parts(resource.prefix, resource.name, query.decode())[1]
-        return Read(resource, resource.list_gen_key, resource.page_head, tail.encode())
+        return Read(resource, resource.list_gen_key, resource.page_head, tail)
     if not item_id or "/" in item_id:
         return None
     return Read(resource, (resource.item_prefix + item_id).encode())
