@@ -21,20 +21,31 @@ so each role logs one line per outage, not per request.
 
 Lua scripts run through ``Script``: EVALSHA, and EVAL once when Redis does not
 have the script (a restarted Redis has none).
+
+``rediss://`` is TLS, verified as ``tls`` says (the CA bundle the operator mounted, the host
+name of the URL), and a user and password in the URL are sent with ``AUTH``, so that an ACL
+user works. The handshake counts against ``connect_timeout`` and ``AUTH``'s reply against
+``reply_timeout``: a server that does not answer never holds a caller longer than those. A
+certificate that does not verify and an ``AUTH`` refused are not outages that pass but
+configuration errors (``RedisRefused``); while this client has never got through,
+``misconfigured`` says why, and readiness reports it (``check``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
+import ssl
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import hiredis
 
-from cachedapi.runtime import breaker
+from cachedapi import contract
+from cachedapi.runtime import breaker, tls
 
 
 class RedisUnavailable(ConnectionError):
@@ -45,18 +56,40 @@ class RedisTimeout(RedisUnavailable):
     """Redis accepted the command but did not answer within ``reply_timeout`` (hung or overloaded)."""
 
 
+class RedisRefused(RedisUnavailable):
+    """Redis (or the way to it) refuses this client: its certificate does not verify against the CA,
+    does not name the host, or ``AUTH``/``SELECT`` was refused. Retrying will not help."""
+
+
 class RedisReplyError(Exception):
     """Redis answered a command with an error (a script error, OOM, READONLY ...)."""
 
 
-def parse_url(url: str) -> tuple[str, int, int, str | None]:
-    """host, port, database and password of a ``redis://`` URL."""
+class RedisAddress(NamedTuple):
+    host: str
+    port: int
+    db: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def parse_url(url: str) -> RedisAddress:
+    """What a ``redis://`` or ``rediss://`` (TLS) URL says: ``rediss://user:password@host:port/db``."""
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "redis":
-        raise ValueError(f"Redis URL: only redis:// is supported, got {parts.scheme!r}")
-    db = int(parts.path.lstrip("/") or 0)
+    if parts.scheme not in {"redis", "rediss"}:
+        raise ValueError(f"Redis URL: only redis:// and rediss:// are supported, got {parts.scheme!r}")
+    try:
+        db = int(parts.path.lstrip("/") or 0)
+        port = parts.port or contract.REDIS_PORT
+    except ValueError:
+        raise ValueError("Redis URL: the port and the database must be numbers") from None
+    username = urllib.parse.unquote(parts.username) if parts.username else None
     password = urllib.parse.unquote(parts.password) if parts.password else None
-    return parts.hostname or "127.0.0.1", parts.port or 6379, db, password
+    if username is not None and password is None:
+        raise ValueError(f"Redis URL: user {username!r} is named without a password (user:password@host)")
+    host = parts.hostname or "127.0.0.1"
+    return RedisAddress(host, port, db, username, password, parts.scheme == "rediss")
 
 
 def bulk(value: bytes) -> bytes:
@@ -91,12 +124,32 @@ class PipelinedRedis:
         self,
         url: str,
         *,
+        ca_file: str | None = None,
         reply_timeout: float = 0.5,
         connect_timeout: float = 0.5,
         on_down: Callable[[str], None] | None = None,
         on_up: Callable[[], None] | None = None,
     ) -> None:
-        self.host, self.port, self.db, self.password = parse_url(url)
+        """``ca_file``: the PEM bundle a ``rediss://`` server's certificate must chain to (None: the
+        system's CAs). Raises ValueError for a URL or bundle that cannot work."""
+        address = parse_url(url)
+        self.host, self.port, self.db = address.host, address.port, address.db
+        if ca_file and not address.tls:
+            raise ValueError(
+                f"{contract.ENV_REDIS_CA_FILE} is set but the Redis URL is redis://, which is not TLS: "
+                "use rediss:// (or drop the CA)"
+            )
+        self.ssl = tls.client_context(ca_file, setting=contract.ENV_REDIS_CA_FILE) if address.tls else None
+        self._setup: list[tuple[bytes, ...]] = []
+        if address.password is not None:
+            user = () if address.username is None else (address.username.encode(),)
+            self._setup.append((b"AUTH", *user, address.password.encode()))
+        if self.db:
+            self._setup.append((b"SELECT", str(self.db).encode()))
+        #: Why the last connection attempt was refused (``RedisRefused``); None after one got through.
+        self.refused: str | None = None
+        #: Whether a connection ever got through (TLS and AUTH included).
+        self.accepted_once = False
         self.reply_timeout = reply_timeout
         self.connect_timeout = connect_timeout
         self.breaker = breaker.Breaker(on_down=on_down, on_up=on_up)
@@ -112,6 +165,21 @@ class PipelinedRedis:
     @property
     def down(self) -> bool:
         return self.breaker.down
+
+    @property
+    def misconfigured(self) -> str | None:
+        """Why this client cannot use Redis, while it never could: a certificate that does not verify,
+        a host name it does not name, AUTH refused. None once a connection got through: a refusal
+        after that (a server's certificate replaced) is ridden out failing open, like any outage."""
+        return None if self.accepted_once else self.refused
+
+    async def check(self) -> str | None:
+        """For readiness: try Redis now if no connection ever got through (and the breaker lets a
+        call through), then ``misconfigured``. Bounded by the connect and reply timeouts."""
+        if not self.accepted_once and not self.breaker.open:
+            with contextlib.suppress(RedisUnavailable):
+                await self.call(b"PING")
+        return self.misconfigured
 
     async def call(self, *args: bytes, force: bool = False) -> Any:
         """Send one command and await its reply; a Redis error reply is returned, not raised.
@@ -147,31 +215,52 @@ class PipelinedRedis:
         if not force and self.breaker.open:
             raise RedisUnavailable("Redis is unavailable (backing off)")
         self._loop = loop = asyncio.get_running_loop()
-        self._connecting = loop.create_future()
+        self._connecting = connecting = loop.create_future()
+        where = f"{self.host}:{self.port}"
         try:
             _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: _Protocol(self), self.host, self.port), self.connect_timeout
+                loop.create_connection(
+                    lambda: _Protocol(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.ssl is not None else None,
+                    ssl_handshake_timeout=self.connect_timeout if self.ssl is not None else None,
+                ),
+                self.connect_timeout,
             )
             self._reader = hiredis.Reader()
             self._proto = proto
-            setup: list[tuple[bytes, ...]] = []
-            if self.password is not None:
-                setup.append((b"AUTH", self.password.encode()))
-            if self.db:
-                setup.append((b"SELECT", str(self.db).encode()))
-            self._connecting.set_result(None)
-            for command in setup:
-                reply = await self.call(*command)
+            connecting.set_result(None)
+            for command in self._setup:
+                # Bounded: the watchdog that fails a silent server starts only once connected.
+                reply = await asyncio.wait_for(self.call(*command), self.reply_timeout)
                 if isinstance(reply, hiredis.ReplyError):
-                    raise RedisUnavailable(f"Redis refused {command[0].decode()}: {reply}")
+                    raise RedisRefused(f"Redis at {where} refused {command[0].decode()}: {reply}")
+        except RedisRefused as exc:
+            self.refused = str(exc)
+            self._failed(str(exc), error=RedisRefused)
+            raise
+        except RedisUnavailable:
+            raise  # a setup command failed with the connection, which is failed already
         except (OSError, TimeoutError) as exc:
-            self._failed(f"cannot connect to {self.host}:{self.port}: {exc or type(exc).__name__}")
-            if not self._connecting.done():
-                self._connecting.set_exception(RedisUnavailable(str(exc)))
-                self._connecting.exception()  # retrieved: waiters get it through shield
-            raise RedisUnavailable(f"cannot connect to Redis at {self.host}:{self.port}") from None
+            if isinstance(exc, ssl.SSLError):
+                why = f"Redis at {where}: {tls.describe(exc)}"
+                error: type[RedisUnavailable] = RedisRefused if tls.is_refusal(exc) else RedisUnavailable
+                if error is RedisRefused:
+                    self.refused = why
+            else:
+                why = f"cannot connect to Redis at {where}: {str(exc) or type(exc).__name__}"
+                error = RedisUnavailable
+            self._failed(why)
+            if not connecting.done():
+                connecting.set_exception(error(why))
+                connecting.exception()  # retrieved: waiters get it through shield
+            raise error(why) from None
         finally:
             self._connecting = None
+        self.refused = None
+        self.accepted_once = True
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = loop.create_task(self._watch())
 

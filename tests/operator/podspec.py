@@ -9,10 +9,16 @@ from cachedapi import contract
 
 def secret_source(pod_spec: dict[str, Any], setting: str) -> tuple[str, str]:
     """(Secret name, key) behind ``<setting>_FILE``: env -> file path -> mount -> volume -> item."""
+    env = {e["name"]: e for e in pod_spec["containers"][0]["env"]}
+    assert setting not in env, f"{setting} must not carry a secret in the environment"
+    return file_source(pod_spec, setting + contract.FILE_SUFFIX)
+
+
+def file_source(pod_spec: dict[str, Any], variable: str) -> tuple[str, str]:
+    """(Secret name, key) of the file whose path the environment variable ``variable`` holds."""
     container = pod_spec["containers"][0]
     env = {e["name"]: e for e in container["env"]}
-    assert setting not in env, f"{setting} must not carry a secret in the environment"
-    path = env[setting + contract.FILE_SUFFIX]["value"]
+    path = env[variable]["value"]
     directory, filename = path.rsplit("/", 1)
     mount = next(m for m in container["volumeMounts"] if m["mountPath"] == directory)
     assert mount["readOnly"] is True

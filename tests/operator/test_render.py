@@ -12,7 +12,7 @@ import yaml
 
 from cachedapi import contract, model
 from cachedapi.operator import children, render
-from cachedapi.operator.children import names
+from cachedapi.operator.children import names, secrets
 
 from ..conftest import EXAMPLES
 from . import podspec
@@ -173,6 +173,70 @@ def test_external_stores_get_no_managed_servers_and_urls_from_the_users_secrets(
     assert podspec.secret_source(api_pod, contract.ENV_REDIS_URL) == ("my-redis", "url")
     gateway = objects[("Deployment", "shop-gateway")]["spec"]["template"]["spec"]
     assert {"name": "api-keys", "secret": {"secretName": "my-keys", "defaultMode": 0o440}} in gateway["volumes"]
+
+
+def _external_tls() -> model.CachedApi:
+    return _api(
+        cache={
+            "redis": {
+                "external": {
+                    "urlSecretRef": {"name": "my-redis", "key": "url"},
+                    "tls": {"caSecretRef": {"name": "r-ca"}},
+                }
+            }
+        },
+        database={
+            "external": {
+                "urlSecretRef": {"name": "my-pg", "key": "dsn"},
+                "tls": {"caSecretRef": {"name": "pg-ca", "key": "root.pem"}},
+            }
+        },
+    )
+
+
+def test_external_tls_mounts_each_ca_bundle_from_its_secret_as_a_file_where_the_contract_says() -> None:
+    objects = _objects(_external_tls())
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    api_pod = objects[("Deployment", "shop-api")]["spec"]["template"]["spec"]
+    gateway_pod = objects[("Deployment", "shop-gateway")]["spec"]["template"]["spec"]
+    # Both roles talk to Redis; only the api role to PostgreSQL. The key defaults to ca.crt.
+    assert podspec.file_source(api_pod, contract.ENV_REDIS_CA_FILE) == ("r-ca", "ca.crt")
+    assert podspec.file_source(gateway_pod, contract.ENV_REDIS_CA_FILE) == ("r-ca", "ca.crt")
+    assert podspec.file_source(api_pod, contract.ENV_DATABASE_CA_FILE) == ("pg-ca", "root.pem")
+    assert contract.ENV_DATABASE_CA_FILE not in {e["name"] for e in gateway_pod["containers"][0]["env"]}
+    api_env = {e["name"]: e for e in api_pod["containers"][0]["env"]}
+    assert api_env[contract.ENV_REDIS_CA_FILE]["value"] == contract.REDIS_CA_PATH
+    assert api_env[contract.ENV_DATABASE_CA_FILE]["value"] == contract.DATABASE_CA_PATH
+    # Files, never values: nothing in any container's environment comes from a Secret.
+    for pod in (api_pod, gateway_pod):
+        assert not [e for e in pod["containers"][0]["env"] if "valueFrom" in e]
+    # Without tls, nothing of it is rendered.
+    plain = _objects(_api(cache={"redis": {"external": {"urlSecretRef": {"name": "my-redis", "key": "url"}}}}))
+    plain_pod = plain[("Deployment", "shop-api")]["spec"]["template"]["spec"]
+    plain_env = {e["name"] for e in plain_pod["containers"][0]["env"]}
+    assert not {contract.ENV_REDIS_CA_FILE, contract.ENV_DATABASE_CA_FILE} & plain_env
+
+
+def test_a_changed_ca_secret_rolls_the_pods_that_read_it_and_a_missing_one_is_named_by_its_field() -> None:
+    api = _external_tls()
+    base = {"my-redis": "1", "my-pg": "1", "shop-api-keys": "1"}
+    before = _objects(api, **base, **{"r-ca": "a", "pg-ca": "a"})
+    pg_ca_changed = _objects(api, **base, **{"r-ca": "a", "pg-ca": "b"})
+    redis_ca_changed = _objects(api, **base, **{"r-ca": "b", "pg-ca": "a"})
+    assert _hash(before, "shop-gateway") == _hash(pg_ca_changed, "shop-gateway")
+    assert _hash(before, "shop-api") != _hash(pg_ca_changed, "shop-api")
+    assert _hash(before, "shop-gateway") != _hash(redis_ca_changed, "shop-gateway")
+    assert _hash(before, "shop-api") != _hash(redis_ca_changed, "shop-api")
+    # What the reconciler looks up (a missing Secret or key: SpecValid=False naming the field).
+    assert secrets.referenced(api) == {
+        "my-redis": "spec.cache.redis.external.urlSecretRef",
+        "r-ca": "spec.cache.redis.external.tls.caSecretRef",
+        "my-pg": "spec.database.external.urlSecretRef",
+        "pg-ca": "spec.database.external.tls.caSecretRef",
+    }
+    assert secrets.required_keys(api)[("pg-ca", "root.pem")] == "spec.database.external.tls.caSecretRef"
+    assert secrets.required_keys(api)[("r-ca", "ca.crt")] == "spec.cache.redis.external.tls.caSecretRef"
 
 
 def test_network_policies_allow_only_the_request_path() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import httpx
 import pytest
@@ -48,10 +48,15 @@ def app_metric(app: FastAPI, name: str, **labels: str) -> float:
 
 @contextlib.asynccontextmanager
 async def serve(
-    config: contract.RuntimeConfig, *, database_url: str, redis_url: str | None
+    config: contract.RuntimeConfig,
+    *,
+    database_url: str,
+    redis_url: str | None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """The api role in this process (lifespan started), and a client talking to it over ASGI."""
-    environ = {contract.ENV_DATABASE_URL: database_url}
+    """The api role in this process (lifespan started), and a client talking to it over ASGI.
+    ``extra_env``: more of the role's environment (the TLS tests' CA bundles)."""
+    environ = {contract.ENV_DATABASE_URL: database_url, **(extra_env or {})}
     if redis_url:
         environ[contract.ENV_REDIS_URL] = redis_url
     app = api_app.create_app(config, environ)

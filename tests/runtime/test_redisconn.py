@@ -51,9 +51,12 @@ async def test_a_script_redis_lost_is_sent_whole_again_and_an_error_reply_is_rai
 
 
 def test_only_redis_urls_are_taken() -> None:
-    with pytest.raises(ValueError, match="only redis://"):
+    with pytest.raises(ValueError, match="only redis:// and rediss://"):
         redisconn.parse_url("http://localhost:6379")
-    assert redisconn.parse_url("redis://:s%40cret@cache:6380/2") == ("cache", 6380, 2, "s@cret")
+    assert redisconn.parse_url("redis://:s%40cret@cache:6380/2") == ("cache", 6380, 2, None, "s@cret", False)
+    assert redisconn.parse_url("rediss://app:p%3Aw@cache/1") == ("cache", 6379, 1, "app", "p:w", True)
+    with pytest.raises(ValueError, match="without a password"):
+        redisconn.parse_url("rediss://app@cache/1")
 
 
 # --- failure paths, on fake servers ----------------------------------------------------------
