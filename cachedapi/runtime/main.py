@@ -56,11 +56,13 @@ def main(args: argparse.Namespace) -> int:
         from cachedapi.runtime.gateway import server
 
         if server.wanted() == "granian":
-            server.run_granian(config_path=config_path, host=args.host, port=port)
+            server.run_granian(config_path=config_path, host=args.host, port=port, config=config)
             return 0
 
     import uvicorn
 
+    if args.role == "api":
+        app.state.freeze_after_start = True  # the api role's own process: ``api.app``'s lifespan
     uvicorn.run(
         app,
         host=args.host,

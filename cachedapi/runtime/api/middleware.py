@@ -37,6 +37,7 @@ class HeaderLimits:
             "headers": [
                 (b"content-type", problems.CONTENT_TYPE.encode()),
                 (b"content-length", str(len(self._body)).encode()),
+                (b"cache-control", b"no-store"),
                 (b"connection", b"close"),
             ],
         }

@@ -34,6 +34,10 @@ class Counts:
         self.redis_outages = 0
         self.redis_down = False
         self.refreshes = 0
+        #: 408s: a request body that did not arrive in time (``clients``).
+        self.body_timeouts = 0
+        #: 503s: a client address over its cap of requests in progress (``clients``).
+        self.over_capacity = 0
 
 
 class _Collector(Collector):
@@ -63,6 +67,14 @@ class _Collector(Collector):
         yield GaugeMetricFamily("cachedapi_gateway_redis_up", "1 when Redis answers", value=0 if c.redis_down else 1)
         yield CounterMetricFamily(
             "cachedapi_gateway_background_refreshes", "Stale-while-revalidate refreshes sent", value=c.refreshes
+        )
+        yield CounterMetricFamily(
+            "cachedapi_gateway_body_timeouts", "408 answers: a request body late", value=c.body_timeouts
+        )
+        yield CounterMetricFamily(
+            "cachedapi_gateway_over_capacity",
+            "503 answers: a client address with maxForwardsPerClient requests in progress",
+            value=c.over_capacity,
         )
 
 
