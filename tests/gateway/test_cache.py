@@ -27,7 +27,7 @@ def test_first_get_of_an_item_is_a_miss_then_a_hit_with_the_same_bytes(client: h
     assert second.content == first.content
     assert second.headers["etag"] == first.headers["etag"]
     assert second.headers["content-type"] == "application/json"
-    assert second.headers["cache-control"].startswith("max-age=")
+    assert second.headers["cache-control"].startswith("private, max-age=")
     assert int(second.headers["age"]) >= 0
 
 
@@ -49,8 +49,9 @@ def test_a_put_through_the_gateway_is_visible_on_the_next_get(client: httpx.Clie
     resp = client.put(f"/v1/books/{book}", json={"title": "Dune Messiah", "author": "Frank Herbert"})
     assert resp.status_code == 200, resp.text
     after = client.get(f"/v1/books/{book}")
-    assert after.headers["x-cache"] == "MISS"  # the write removed the entry: read from PostgreSQL
+    assert after.headers["x-cache"] == "HIT"  # the write stored its own answer (the writer's fill)
     assert after.json()["title"] == "Dune Messiah"
+    assert after.headers["etag"] == resp.headers["etag"]
 
 
 def test_a_post_invalidates_the_cached_list_page(client: httpx.Client) -> None:
@@ -66,6 +67,39 @@ def test_a_post_invalidates_the_cached_list_page(client: httpx.Client) -> None:
 def test_list_queries_spelled_differently_share_one_entry(client: httpx.Client) -> None:
     client.get("/v1/books?limit=7&cursor=")
     assert client.get("/v1/books?cursor=&limit=7").headers["x-cache"] == "HIT"
+
+
+def _gateway_hits(client: httpx.Client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('cachedapi_gateway_cache_requests_total{result="HIT"}'):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no hit counter in the gateway's metrics")
+
+
+def test_a_filtered_sorted_page_is_answered_by_the_gateway_under_every_spelling(client: httpx.Client) -> None:
+    for title, year in (("Dune", 1965), ("Dune Messiah", 1969), ("Children of Dune", 1976)):
+        assert client.post("/v1/books", json={"title": title, "author": "Frank Herbert", "year": year}).is_success
+    query = "/v1/books?author=Frank%20Herbert&year[gte]=1969&sort=-year&fields=title"
+    first = client.get(query)
+    assert first.headers["x-cache"] == "MISS", first.text
+    assert all(set(item) == {"id", "title"} for item in first.json()["items"])
+    assert [i["title"] for i in first.json()["items"]] == ["Children of Dune", "Dune Messiah"]
+    hits = _gateway_hits(client)
+    again = client.get("/v1/books?fields=title,id&sort=-year&year%5Bgte%5D=1969.0&author%5Beq%5D=Frank+Herbert")
+    assert again.headers["x-cache"] == "HIT"
+    assert again.content == first.content
+    assert _gateway_hits(client) == hits + 1, "the gateway, not the api role, answered from the cache"
+    client.post("/v1/books", json={"title": "God Emperor of Dune", "author": "Frank Herbert", "year": 1981})
+    after = client.get(query)
+    assert after.headers["x-cache"] == "MISS"
+    assert [i["title"] for i in after.json()["items"]] == ["God Emperor of Dune", "Children of Dune", "Dune Messiah"]
+
+
+def test_a_bad_list_parameter_is_a_400_naming_it_through_the_gateway(client: httpx.Client) -> None:
+    resp = client.get("/v1/books?publisher=Chilton")
+    assert resp.status_code == 400
+    assert resp.headers["content-type"] == contract.PROBLEM_JSON
+    assert resp.json()["parameter"] == "publisher"
 
 
 def test_invalid_limit_is_left_to_the_api_role(client: httpx.Client) -> None:
@@ -136,7 +170,7 @@ def test_stale_entry_within_swr_is_served_stale_and_refreshed_in_the_background(
     _age_entry(stack, book, seconds=ttl + 5)  # within staleWhileRevalidateSeconds (30)
     stale = client.get(f"/v1/books/{book}")
     assert stale.headers["x-cache"] == "STALE"
-    assert stale.headers["cache-control"] == "max-age=0"
+    assert stale.headers["cache-control"] == "private, max-age=0"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if client.get(f"/v1/books/{book}").headers["x-cache"] == "HIT":

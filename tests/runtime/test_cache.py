@@ -25,7 +25,7 @@ async def test_second_read_is_a_hit_counted_in_metrics(api: tuple[FastAPI, httpx
     assert second.headers["x-cache"] == "HIT"
     assert second.content == first.content
     assert second.headers["etag"] == first.headers["etag"]
-    assert second.headers["cache-control"].startswith("max-age=")
+    assert second.headers["cache-control"].startswith("private, max-age=")
     assert int(second.headers["age"]) >= 0
     text = (await client.get("/metrics")).text
     assert metric(text, "cachedapi_api_cache_total", result="hit") == 1

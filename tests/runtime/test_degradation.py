@@ -134,7 +134,9 @@ async def test_postgres_down_serves_stale_reads_and_fails_writes_fast(
 
         await _eventually(writable)
         resp = await client.get("/v1/books/dune")
-        assert resp.json()["year"] == 2 and resp.headers["x-cache"] == "MISS"
+        # HIT when the write's answer replaced the older entry (kept for the stale windows), MISS if
+        # that entry had expired meanwhile
+        assert resp.json()["year"] == 2 and resp.headers["x-cache"] in ("HIT", "MISS")
         assert (await client.get("/readyz")).status_code == 200
 
 

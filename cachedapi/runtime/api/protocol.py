@@ -34,8 +34,13 @@ class Problem(Exception):
 
 
 def problem_response(status: int, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    """An error answer; ``no-store``, so that no cache in front of the gateway keeps it (a 404 is
+    otherwise heuristically cacheable, and would outlive the PUT that creates the item)."""
     return Response(
-        problems.problem(status, detail, **extra), status_code=status, headers=headers, media_type=problems.CONTENT_TYPE
+        problems.problem(status, detail, **extra),
+        status_code=status,
+        headers={"Cache-Control": "no-store", **(headers or {})},
+        media_type=problems.CONTENT_TYPE,
     )
 
 

@@ -3,6 +3,12 @@
 Everything here works on bytes: header names are lower-case byte strings and
 values are built with ``%`` formatting, so that the hit path does no text
 encoding beyond the few numbers it must print.
+
+Who may keep an answer (``contract.cache_scope``) is decided per resource at
+start: ``cache_control_format`` gives the Cache-Control value with a ``%d``
+for the seconds of freshness left, so a hit formats one number, as before.
+Error answers say ``no-store``: a 401 or 429 kept by a shared cache would be
+served to callers it does not concern.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ Headers = list[tuple[bytes, bytes]]
 
 PROBLEM_TYPE = problems.CONTENT_TYPE.encode()
 JSON_TYPE = b"application/json"
+NO_STORE = (b"cache-control", b"no-store")
 
 
 async def send_answer(send: Send, status: int, *, headers: Headers, body: bytes = b"") -> None:
@@ -30,10 +37,27 @@ async def send_answer(send: Send, status: int, *, headers: Headers, body: bytes 
 
 async def send_problem(send: Send, status: int, *, detail: str, headers: Headers | None = None) -> None:
     body = problems.problem(status, detail)
-    out = [(b"content-type", PROBLEM_TYPE), (b"content-length", b"%d" % len(body))]
+    out = [(b"content-type", PROBLEM_TYPE), (b"content-length", b"%d" % len(body)), NO_STORE]
     if headers:
         out.extend(headers)
     await send_answer(send, status, headers=out, body=body)
+
+
+def cache_control_format(scope: str) -> bytes:
+    """The Cache-Control value of a cached answer, ``%d`` standing for the seconds left."""
+    return (f"{scope}, max-age=%d" if scope else "max-age=%d").encode()
+
+
+def make_private(headers: Headers) -> None:
+    """Make a forwarded answer to an authenticated caller ``private`` unless it already says who
+    may keep it (``private``, ``public``, ``no-store``): the api role says so itself, and this
+    covers one that does not (an older api role during a rolling upgrade)."""
+    for i, (name, value) in enumerate(headers):
+        if name == b"cache-control":
+            lowered = value.lower()
+            if b"private" not in lowered and b"public" not in lowered and b"no-store" not in lowered:
+                headers[i] = (name, b"private, " + value)
+            return
 
 
 def rate_headers(limit: bytes, *, remaining: int, reset_us: int) -> Headers:
@@ -89,17 +113,20 @@ async def send_entry(
     result: bytes,
     age_ms: int,
     max_age: int,
+    cache_control: bytes,
     headers: Headers,
     if_none_match: bytes | None,
     head: bool,
 ) -> bool:
-    """Answer from a cache entry: its bytes as stored, or 304; True when it was a 304."""
+    """Answer from a cache entry: its bytes as stored, or 304; True when it was a 304.
+
+    ``cache_control`` is the resource's ``cache_control_format``."""
     etag = entry.etag.encode()
     headers[0:0] = [
         (b"etag", etag),
         (b"x-cache", result),
         (b"age", b"%d" % (age_ms // 1000)),
-        (b"cache-control", b"max-age=%d" % max_age),
+        (b"cache-control", cache_control % max_age),
     ]
     if if_none_match is not None and etag_matches(if_none_match, etag):
         await send_answer(send, 304, headers=headers)

@@ -5,7 +5,9 @@ larger, judged by Content-Length before reading when there is one), since
 the api role's bodies are single JSON documents. When the forward was for an
 entry stale within stale-if-error, a failed answer (unreachable, timeout,
 5xx) is replaced by that entry. The gateway passes the api role's X-Cache
-through: it never fills the cache itself.
+through: it never fills the cache itself, and leaves its Cache-Control as it is,
+except that an answer to an authenticated caller is made ``private`` when it
+does not say who may keep it (``answers.make_private``).
 """
 
 from __future__ import annotations
@@ -42,9 +44,13 @@ class Forwarder:
         *,
         request_id: bytes,
         headers: Headers,
-        stale: tuple[contract.Entry, int] | None = None,
+        stale: tuple[contract.Entry, int, bytes] | None = None,
+        private: bool = False,
     ) -> None:
-        """Forward and answer; ``headers`` (RateLimit, X-Request-Id) are added to the answer."""
+        """Forward and answer; ``headers`` (RateLimit, X-Request-Id) are added to the answer.
+
+        ``stale``: the entry, its age and its resource's Cache-Control format; ``private``: the
+        caller authenticated."""
         if not any(name == b"x-request-id" for name, _ in headers):
             headers.append((b"x-request-id", request_id))
         body = await read_body(scope, receive, limit=self.max_body)
@@ -63,13 +69,14 @@ class Forwarder:
         failed = isinstance(result, upstream.Failure) or result.status >= 500
         if stale is not None and failed:
             self.counts.stale += 1
-            entry, age_ms = stale
+            entry, age_ms, cache_control = stale
             await answers.send_entry(
                 send,
                 entry,
                 result=STALE,
                 age_ms=age_ms,
                 max_age=0,
+                cache_control=cache_control,
                 headers=headers,
                 if_none_match=None,
                 head=scope["method"] == "HEAD",
@@ -84,6 +91,8 @@ class Forwarder:
                 if value == b"MISS":
                     self.counts.miss += 1
                 break
+        if private:
+            answers.make_private(out)
         out.extend(headers)
         length = len(result.body)
         if scope["method"] == "HEAD" and result.content_length is not None:
