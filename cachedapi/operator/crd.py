@@ -45,8 +45,28 @@ NAME_MAX: int = next(
     m.max_length for m in model.ObjectMeta.model_fields["name"].metadata if getattr(m, "max_length", None)
 )
 
-#: CEL rules, keyed by the dotted path of the object they sit on (after ``spec``).
+#: CEL rules, keyed by the dotted path of the object they sit on (after ``spec``; "" is spec itself).
 _RULES: dict[str, list[dict[str, str]]] = {
+    # The bundled api role and the user's own API (``api.image``): what each needs. ``fieldPath``
+    # makes the API server's message name the field, as the model's does.
+    "": [
+        {
+            "rule": "(has(self.api) && has(self.api.image)) || (has(self.resources) && size(self.resources) > 0)",
+            "message": "at least one resource is required (or api.image for your own API)",
+            "fieldPath": ".resources",
+        },
+        {
+            "rule": "!has(self.database) || !has(self.database.none) || (has(self.api) && has(self.api.image))",
+            "message": "the bundled api role needs a database (none only with api.image)",
+            "fieldPath": ".database.none",
+        },
+        {
+            "rule": "!has(self.cache) || !has(self.cache.routes) || size(self.cache.routes) == 0"
+            " || (has(self.api) && has(self.api.image))",
+            "message": "only with api.image (the bundled api role's caching is per resource)",
+            "fieldPath": ".cache.routes",
+        },
+    ],
     "cache.redis": [
         {
             "rule": "!(has(self.managed) && has(self.external))",
@@ -59,8 +79,18 @@ _RULES: dict[str, list[dict[str, str]]] = {
             "message": "set exactly one of managed or external (neither means managed)",
         },
         {
-            "rule": "has(self.external) == has(oldSelf.external)",
+            "rule": "!has(self.none) || !(has(self.managed) || has(self.external))",
+            "message": "set exactly one of managed, external or none (neither means managed)",
+        },
+        {
+            "rule": "has(self.external) == has(oldSelf.external) || has(self.none) || has(oldSelf.none)",
             "message": "switching the database between managed and external is not supported; "
+            "create a new CachedApi and move the data",
+        },
+        # The volume claim goes with the StatefulSet: no database would delete the data.
+        {
+            "rule": "!has(oldSelf.managed) || has(self.managed)",
+            "message": "the managed database cannot be removed (its volume would be deleted with it); "
             "create a new CachedApi and move the data",
         },
     ],
@@ -93,6 +123,15 @@ _RULES: dict[str, list[dict[str, str]]] = {
     ],
     "api.autoscaling": [
         {"rule": "self.minReplicas <= self.maxReplicas", "message": "minReplicas must not exceed maxReplicas"},
+    ],
+    "api.env[]": [
+        {"rule": "!(has(self.value) && has(self.valueFrom))", "message": "set value or valueFrom, not both"},
+    ],
+    "api.env[].valueFrom": [
+        {
+            "rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+            "message": "exactly one of secretKeyRef or configMapKeyRef must be set",
+        },
     ],
 }
 
@@ -175,7 +214,8 @@ def _structural(
                 if default is not None:
                     converted = _ordered({**converted, "default": default})
             props[name] = converted
-        out["properties"] = props
+        if props:  # an object with no field (``database.none``) has none: the API server drops ``{}``
+            out["properties"] = props
     if "items" in schema:
         out["items"] = _structural(dict(schema["items"]), defs=defs, classes=classes, path=path + "[]")
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" in schema:
@@ -219,6 +259,11 @@ def spec_schema() -> dict[str, Any]:
     item_schema = resources["items"]["properties"]["schema"]
     item_schema.pop("additionalProperties", None)
     item_schema["x-kubernetes-preserve-unknown-fields"] = True
+    # Lists keyed as a Pod's env is: one entry per name (per path), which the API server enforces.
+    for parent, key in (("api", "env"), ("cache", "routes")):
+        keyed = schema["properties"][parent]["properties"][key]
+        keyed["x-kubernetes-list-type"] = "map"
+        keyed["x-kubernetes-list-map-keys"] = [{"env": "name", "routes": "path"}[key]]
     return schema
 
 
@@ -254,6 +299,10 @@ def status_schema() -> dict[str, Any]:
             "ready": {"type": "string", "description": "Gateway pods ready/desired, e.g. 2/2."},
             "endpoint": {"type": "string", "description": "The gateway's in-cluster URL."},
             "apiKeysSecret": {"type": "string", "description": "The Secret holding the API keys."},
+            "adminKeySecret": {
+                "type": "string",
+                "description": "The Secret holding the gateway's admin key (cache purges), with api.image.",
+            },
             "selector": {"type": "string", "description": "The gateway pods' label selector (scale subresource)."},
             "gateway": _replica_status(),
             "api": _replica_status(),

@@ -235,7 +235,9 @@ class Reconciler:
 
     async def _generated_secrets(self, api: model.CachedApi, *, uid: str) -> dict[str, str]:
         """Create the generated Secrets that are missing (never touch existing ones); their digests."""
-        fresh = builders.Inputs(owner_uid=uid, api_key=secrets.new_token(), db_password=secrets.new_token())
+        fresh = builders.Inputs(
+            owner_uid=uid, api_key=secrets.new_token(), db_password=secrets.new_token(), admin_key=secrets.new_token()
+        )
         digests: dict[str, str] = {}
         for wanted in secrets.generated(api, fresh):
             name = wanted["metadata"]["name"]

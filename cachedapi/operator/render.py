@@ -20,6 +20,7 @@ from cachedapi.operator.children import config, secrets
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
 PLACEHOLDER_API_KEY = "placeholder-api-key-generated-by-the-operator"
 PLACEHOLDER_DB_PASSWORD = "placeholder-db-password-generated-by-the-operator"
+PLACEHOLDER_ADMIN_KEY = "placeholder-admin-key-generated-by-the-operator"
 
 HEADER = """\
 # Rendered by `cachedapi render` for CachedApi {namespace}/{name}.
@@ -40,13 +41,17 @@ class _Dumper(yaml.SafeDumper):
 
 def render_inputs(api: model.CachedApi) -> children.Inputs:
     placeholder = children.Inputs(
-        owner_uid=PLACEHOLDER_UID, api_key=PLACEHOLDER_API_KEY, db_password=PLACEHOLDER_DB_PASSWORD
+        owner_uid=PLACEHOLDER_UID,
+        api_key=PLACEHOLDER_API_KEY,
+        db_password=PLACEHOLDER_DB_PASSWORD,
+        admin_key=PLACEHOLDER_ADMIN_KEY,
     )
     digests = {obj["metadata"]["name"]: secrets.digest(obj["data"]) for obj in secrets.generated(api, placeholder)}
     return children.Inputs(
         owner_uid=PLACEHOLDER_UID,
         api_key=PLACEHOLDER_API_KEY,
         db_password=PLACEHOLDER_DB_PASSWORD,
+        admin_key=PLACEHOLDER_ADMIN_KEY,
         secret_digests=digests,
     )
 
@@ -61,6 +66,8 @@ def render_text(apis: list[model.CachedApi]) -> str:
             key=PLACEHOLDER_API_KEY,
             password=PLACEHOLDER_DB_PASSWORD,
         )
+        if api.spec.api.own_image:
+            header += f"# The admin key Secret holds a placeholder too ({PLACEHOLDER_ADMIN_KEY!r}).\n"
         docs = [
             yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=120)
             for obj in children.desired_objects(api, render_inputs(api))

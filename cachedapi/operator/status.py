@@ -159,6 +159,8 @@ def compute(
                 "DatabaseReady", True, reason="External", message=f"database URL from secret {db_ref.urlSecretRef.name}"
             )
         )
+    elif api.spec.database.none is not None:
+        conditions.append(_condition("DatabaseReady", True, reason="NoDatabase", message="no database (none)"))
     else:
         conditions.append(_workload_condition("DatabaseReady", workloads[Component.DB]))
     waiting = [c["type"] for c in conditions if c["status"] != "True"]
@@ -194,4 +196,7 @@ def compute(
     }
     if api_keys_secret is not None:
         status["apiKeysSecret"] = api_keys_secret
+    admin_key = names.admin_key_secret(api)
+    if admin_key is not None:
+        status["adminKeySecret"] = admin_key
     return status

@@ -23,6 +23,7 @@ from tests.e2e import cluster as control_plane
 from .harness import EXAMPLES
 
 SECRET = {"name": "s", "key": "k"}
+IMAGE = "ghcr.io/example/catalog:1.4"
 
 
 def _api(namespace: str, **spec: Any) -> dict[str, Any]:
@@ -59,6 +60,19 @@ REFUSED = {
     "storage not a quantity": {"database": {"managed": {"storage": "lots"}}},
     "resource name with capitals": {"resources": [{"name": "Books"}]},
     "no resources": {"resources": []},
+    # The bundled api role (no api.image) needs a database and takes no caching routes.
+    "no database with the bundled api role": {"database": {"none": {}}},
+    "routes with the bundled api role": {"cache": {"routes": [{"path": "/v1/*"}]}},
+    # The user's own API.
+    "no database and a managed one": {"api": {"image": IMAGE}, "database": {"none": {}, "managed": {}}},
+    "env value and valueFrom": {
+        "api": {"image": IMAGE, "env": [{"name": "A", "value": "x", "valueFrom": {"secretKeyRef": SECRET}}]}
+    },
+    "env from nowhere": {"api": {"image": IMAGE, "env": [{"name": "A", "valueFrom": {}}]}},
+    "env name twice": {"api": {"image": IMAGE, "env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}},
+    "route path twice": {"api": {"image": IMAGE}, "cache": {"routes": [{"path": "/a"}, {"path": "/a"}]}},
+    "route path with a star inside": {"api": {"image": IMAGE}, "cache": {"routes": [{"path": "/v1/*/x"}]}},
+    "api port out of range": {"api": {"image": IMAGE, "port": 0}},
 }
 
 
@@ -77,6 +91,18 @@ ACCEPTED = {
     "jwt from a secret": {"gateway": {"auth": {"mode": "jwt", "jwt": {"secretRef": SECRET}}}},
     "autoscaling with defaults": {"api": {"autoscaling": {}}},
     "auth left out": {"gateway": {"replicas": 1}},
+    "own api without resources": {"api": {"image": IMAGE}, "resources": []},
+    "own api without a database": {"api": {"image": IMAGE}, "database": {"none": {}}},
+    "own api with routes and env": {
+        "api": {
+            "image": IMAGE,
+            "port": 9000,
+            "databaseUrlEnv": "DATABASE_URL",
+            "env": [{"name": "A", "value": "1"}, {"name": "T", "valueFrom": {"secretKeyRef": SECRET}}],
+            "probes": {"readinessPath": "/ready"},
+        },
+        "cache": {"routes": [{"path": "/v1/*", "ttlSeconds": 60, "varyHeaders": ["Accept"], "byCaller": True}]},
+    },
 }
 
 
@@ -139,6 +165,33 @@ def test_database_cannot_switch_between_managed_and_external(deployed: control_p
     to_external, _ = _transition(deployed, namespace, _api(namespace), external)
     to_managed, _ = _transition(deployed, namespace, _api(namespace, **external), {"database": {"managed": {}}})
     assert "switching the database" in to_external and "switching the database" in to_managed
+
+
+def test_a_managed_database_cannot_be_dropped_but_one_may_be_added(
+    deployed: control_plane.Cluster, namespace: str
+) -> None:
+    own = {"image": IMAGE}
+    dropped, same = _transition(deployed, namespace, _api(namespace, api=own), {"database": {"none": {}}})
+    assert "the managed database cannot be removed" in dropped and same == ""
+    none = {"database": {"none": {}}}
+    to_managed, _ = _transition(deployed, namespace, _api(namespace, api=own, **none), {"database": {"managed": {}}})
+    external = {"database": {"external": {"urlSecretRef": SECRET}}}
+    to_external, _ = _transition(deployed, namespace, _api(namespace, api=own, **none), external)
+    back_to_none, _ = _transition(deployed, namespace, _api(namespace, api=own, **external), none)
+    assert (to_managed, to_external, back_to_none) == ("", "", "")
+
+
+def test_what_the_bundled_role_needs_is_refused_naming_the_field(deployed: control_plane.Cluster) -> None:
+    """The rules on spec name their field (fieldPath), as the model's messages do."""
+    for spec, field in (
+        ({"resources": []}, "spec.resources"),
+        ({"database": {"none": {}}}, "spec.database.none"),
+        ({"cache": {"routes": [{"path": "/x"}]}}, "spec.cache.routes"),
+    ):
+        said = admit(deployed, _api("default", **spec))
+        assert field in said, said
+        with pytest.raises(model.ManifestError, match=field.replace(".", r"\.")):
+            model.parse(_api("default", **spec))
 
 
 def test_redis_may_switch_from_managed_to_external(deployed: control_plane.Cluster, namespace: str) -> None:

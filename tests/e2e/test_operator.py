@@ -166,7 +166,8 @@ def test_every_example_becomes_ready_in_a_restricted_namespace(
         if doc:
             doc["metadata"]["namespace"] = namespace
             apply(deployed, doc)
-            names_.append(doc["metadata"]["name"])
+            if doc["kind"] == model.KIND:  # an example may carry the Secrets it refers to
+                names_.append(doc["metadata"]["name"])
     for name in names_:
         _ready(deployed, namespace, name)
     assert _workloads_available(deployed, namespace) == []
@@ -460,6 +461,87 @@ def test_a_foreign_object_with_a_childs_name_is_reported_not_taken_over(
     deployed.kubectl("delete", "configmap", "bookstore-config", "-n", namespace)
     _ready(deployed, namespace)
     assert "already exists" not in condition(_get(deployed, namespace), "Ready")["message"]
+
+
+# --- the user's own API ----------------------------------------------------------------------
+
+CATALOG = "catalog"
+
+
+def _catalog(namespace: str) -> dict[str, Any]:
+    """The CachedApi of examples/custom-api.yaml (without the Secret and ConfigMap beside it)."""
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / "custom-api.yaml").read_text(encoding="utf-8")) if d]
+    (body,) = [d for d in docs if d["kind"] == model.KIND]
+    body["metadata"]["namespace"] = namespace
+    return body
+
+
+def test_your_own_api_without_a_database_becomes_ready_once_the_secret_its_env_names_exists(
+    deployed: control_plane.Cluster, namespace: str
+) -> None:
+    body = _catalog(namespace)
+    body["spec"]["database"] = {"none": {}}
+    del body["spec"]["api"]["databaseUrlEnv"]
+    apply(deployed, body)
+    obj = eventually(
+        lambda: (o := _get(deployed, namespace, CATALOG)) and condition(o, "SpecValid").get("status") == "False" and o
+    )
+    assert condition(obj, "SpecValid")["message"] == (
+        f"spec.api.env[1].valueFrom.secretKeyRef: secret catalog-payments not found in namespace {namespace}"
+    )
+    token = base64.b64encode(b"a-payments-token").decode()
+    meta = {"name": "catalog-payments", "namespace": namespace}
+    apply(deployed, {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": {"token": token}})
+    obj = _ready(deployed, namespace, CATALOG)
+
+    found = _children(deployed, namespace, CATALOG)
+    workloads = {("Deployment", f"{CATALOG}-{c}") for c in ("gateway", "api", "redis")}
+    assert {k for k in found if k[0] in {"Deployment", "StatefulSet"}} == workloads, "no PostgreSQL"
+    assert ("Secret", "catalog-admin-key") in found and ("Secret", "catalog-db-credentials") not in found
+    assert ("NetworkPolicy", "catalog-db") not in found
+    st = obj["status"]
+    assert st["adminKeySecret"] == "catalog-admin-key" and st["phase"] == "Ready" and st["api"]["readyReplicas"] == 2
+    assert condition(obj, "DatabaseReady")["reason"] == "NoDatabase"
+    # Every pod admitted under the restricted standard, the user's image among them.
+    pods = deployed.get_json("pods", "-n", namespace)["items"]
+    images = sorted(p["spec"]["containers"][0]["image"] for p in pods)
+    assert images.count("ghcr.io/example/catalog:1.4") == 2 and len(pods) == 2 + 2 + 1
+    assert all(p["status"]["phase"] == "Running" for p in pods)
+    api_pod = found[("Deployment", "catalog-api")]["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in api_pod["containers"][0]["env"]}
+    assert env["PAYMENTS_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "catalog-payments", "key": "token"}}
+    assert env["REDIS_URL"]["value"] == f"redis://catalog-redis.{namespace}.svc:6379/0"
+    gateway_pod = found[("Deployment", "catalog-gateway")]["spec"]["template"]["spec"]
+    assert podspec.secret_source(gateway_pod, contract.ENV_ADMIN_KEY) == ("catalog-admin-key", "key")
+    data = found[("ConfigMap", "catalog-config")]["data"][contract.CONFIG_FILE]
+    cfg = contract.parse_config(json.loads(data))
+    assert (
+        cfg.upstream_mode == contract.UPSTREAM_HTTP and cfg.upstream_url == f"http://catalog-api.{namespace}.svc:8080"
+    )
+    assert [r.path for r in cfg.cache_routes] == ["/v1/products/*", "/v1/cart/*", "/v1/status"]
+
+    # The Secret the env names changes: the api pods roll, the gateway's do not; a new caching rule
+    # rolls the gateway's, not the user's API.
+    api_hash = _config_hash(found[("Deployment", "catalog-api")])
+    gateway_hash = _config_hash(found[("Deployment", "catalog-gateway")])
+    rotated = base64.b64encode(b"another-token").decode()
+    deployed.kubectl("patch", "secret", "catalog-payments", "-n", namespace, "--type=merge",
+                     "-p", json.dumps({"data": {"token": rotated}}))  # fmt: skip
+    body["spec"]["cache"]["routes"].append({"path": "/v1/search", "ttlSeconds": 10})
+    apply(deployed, body)
+
+    def rolled() -> bool:
+        now = _children(deployed, namespace, CATALOG)
+        return (
+            _config_hash(now[("Deployment", "catalog-gateway")]) != gateway_hash
+            and _config_hash(now[("Deployment", "catalog-api")]) != api_hash
+        )
+
+    eventually(rolled, what="both tiers rolled, each for its own reason")
+    admin_key = found[("Secret", "catalog-admin-key")]["data"]
+    obj = _ready(deployed, namespace, CATALOG)
+    assert _children(deployed, namespace, CATALOG)[("Secret", "catalog-admin-key")]["data"] == admin_key
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
 
 
 # --- render, probes --------------------------------------------------------------------------

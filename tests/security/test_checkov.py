@@ -71,6 +71,13 @@ EXCEPTIONS: dict[str, Excused] = {
         "No HEALTHCHECK in the image: Kubernetes ignores it and probes each pod instead (every manifest has "
         "them), and one image runs three roles (operator, gateway, api), each healthy on its own port.",
     ),
+    "CKV_K8S_35": Excused(
+        r"Deployment\.shop\.catalog-api",
+        "Secrets as environment variables, in the user's own API only (spec.api.image, examples/custom-api.yaml): "
+        "an image of the user's reads its settings from the environment, as it was written to (spec.api.env, "
+        "databaseUrlEnv). The pod spec holds references (secretKeyRef) that the kubelet resolves, never a value; "
+        "the operator's own pods read every secret from a file.",
+    ),
     "CKV_K8S_21": Excused(
         r"[A-Za-z]+\.default\..*",
         "The default namespace: examples/minimal.yaml names no namespace, so its objects go where the user "

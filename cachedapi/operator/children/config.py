@@ -22,8 +22,41 @@ def key_prefix(api: model.CachedApi) -> str:
     return f"ca:{api.metadata.namespace}:{api.metadata.name}"
 
 
+def api_port(api: model.CachedApi) -> int:
+    """The api tier's port: the bundled api role's, or the one the user's own API listens on."""
+    return api.spec.api.port if api.spec.api.own_image else contract.API_PORT
+
+
 def api_service_url(api: model.CachedApi) -> str:
-    return f"http://{api.metadata.name}-api.{api.metadata.namespace}.svc:{contract.API_PORT}"
+    return f"http://{api.metadata.name}-api.{api.metadata.namespace}.svc:{api_port(api)}"
+
+
+def _route(route: model.CacheRoute) -> dict[str, Any]:
+    """One ``spec.cache.routes`` entry as ``contract.parse_config`` reads it into a ``contract.CacheRoute``."""
+    out: dict[str, Any] = {"path": route.path, "varyHeaders": [h.lower() for h in route.varyHeaders]}
+    if route.ttlSeconds is not None:
+        out["ttlSeconds"] = route.ttlSeconds
+    return out | {"byCaller": route.byCaller}
+
+
+def _own_api(api: model.CachedApi) -> dict[str, Any]:
+    """What the gateway needs to front the user's own API (``spec.api.image``); nothing for the
+    bundled api role, so that its configuration, and so its pods, stay as they were."""
+    if not api.spec.api.own_image:
+        return {}
+    return {
+        "upstream": {"mode": contract.UPSTREAM_HTTP, "forwardCredentials": api.spec.api.forwardCredentials},
+        "cacheRoutes": [_route(r) for r in api.spec.cache.routes],
+    }
+
+
+#: ``spec.gateway.timeouts`` and ``.capacity`` as rendered when left at their defaults.
+_DEFAULT_CLIENTS = {
+    "requestHeaderSeconds": contract.DEFAULT_REQUEST_HEADER_SECONDS,
+    "requestBodySeconds": contract.DEFAULT_REQUEST_BODY_SECONDS,
+    "maxConnections": contract.DEFAULT_MAX_CONNECTIONS,
+    "maxForwardsPerClient": contract.DEFAULT_MAX_FORWARDS_PER_CLIENT,
+}
 
 
 def render_config(api: model.CachedApi, *, upstream_url: str | None = None) -> dict[str, Any]:
@@ -41,6 +74,13 @@ def render_config(api: model.CachedApi, *, upstream_url: str | None = None) -> d
             "jwksUrl": auth.jwt.jwksUrl,
             "usesSecret": auth.jwt.secretRef is not None,
         }
+    timeouts, capacity = spec.gateway.timeouts, spec.gateway.capacity
+    clients = {
+        "requestHeaderSeconds": timeouts.requestHeaderSeconds,
+        "requestBodySeconds": timeouts.requestBodySeconds,
+        "maxConnections": capacity.maxConnections,
+        "maxForwardsPerClient": capacity.maxForwardsPerClient,
+    }
     return {
         "version": contract.CONFIG_VERSION,
         "name": api.metadata.name,
@@ -57,9 +97,17 @@ def render_config(api: model.CachedApi, *, upstream_url: str | None = None) -> d
             "burst": spec.gateway.rateLimit.burst,
             "by": spec.gateway.rateLimit.by,
         },
+        # only when not the defaults (which the runtime reads as absent), so that adding the
+        # fields rolled no existing deployment
+        **({"clients": clients} if clients != _DEFAULT_CLIENTS else {}),
         "resources": [
-            {"name": r.name, "ttlSeconds": r.effective_ttl(spec.cache), "schema": r.schema_} for r in spec.resources
+            {"name": r.name, "ttlSeconds": r.effective_ttl(spec.cache), "schema": r.schema_}
+            # only when declared, so that adding the field rolled no existing deployment
+            | ({"indexes": [list(ix.keys) for ix in r.indexes]} if r.indexes else {})
+            | ({"public": True} if r.public else {})
+            for r in spec.resources
         ],
+        **_own_api(api),
     }
 
 

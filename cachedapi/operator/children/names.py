@@ -44,6 +44,15 @@ def api_keys(api: model.CachedApi) -> str:
     return child(api, "api-keys")
 
 
+def admin_key(api: model.CachedApi) -> str:
+    return child(api, "admin-key")
+
+
+def admin_key_secret(api: model.CachedApi) -> str | None:
+    """The Secret holding the gateway's admin key (cache purges): only in front of the user's own API."""
+    return admin_key(api) if api.spec.api.own_image else None
+
+
 def api_keys_secret(api: model.CachedApi) -> str | None:
     """The Secret the gateway reads keys from: the user's, the generated one, or none."""
     auth = api.spec.gateway.auth

@@ -4,6 +4,11 @@ gateway/api -> redis, and DNS.
 A server the operator does not run (an external Redis or PostgreSQL, a JWKS
 URL) has an address no policy can know in advance, so a tier that talks to
 one may reach any address on egress; everything else is closed.
+
+The api tier's port is the bundled api role's, or ``spec.api.port`` for the user's own API,
+which gets the same egress as the api role: DNS, the managed Redis and PostgreSQL. Policies
+add up, so a user's API that calls other services is let out by a NetworkPolicy of the
+user's own that selects the api pods.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from cachedapi import contract, model
-from cachedapi.operator.children import inputs, names
+from cachedapi.operator.children import config, inputs, names
 
 GATEWAY, API, REDIS, DB = (role.value for role in names.Component)
 
@@ -58,10 +63,12 @@ def policies(api: model.CachedApi, inp: inputs.Inputs) -> list[dict[str, Any]]:
     spec = api.spec
     redis_managed = spec.cache.redis.managed is not None
     db_managed = spec.database.managed is not None
+    db_external = spec.database.external is not None  # neither: no database (database.none)
+    api_port = config.api_port(api)  # the bundled api role's, or the user's own API's
     jwt = spec.gateway.auth.jwt
     fetches_jwks = spec.gateway.auth.mode == "jwt" and jwt is not None and jwt.jwksUrl is not None
 
-    gateway_egress: list[Any] = [_dns(), _to(api, API, port=contract.API_PORT)]
+    gateway_egress: list[Any] = [_dns(), _to(api, API, port=api_port)]
     api_egress: list[Any] = [_dns()]
     if redis_managed:
         gateway_egress.append(_to(api, REDIS, port=contract.REDIS_PORT))
@@ -70,7 +77,7 @@ def policies(api: model.CachedApi, inp: inputs.Inputs) -> list[dict[str, Any]]:
         api_egress.append(_to(api, DB, port=contract.POSTGRES_PORT))
     if not redis_managed or fetches_jwks:
         gateway_egress.append(_anywhere())
-    if not redis_managed or not db_managed:
+    if not redis_managed or db_external:
         api_egress.append(_anywhere())
 
     gateway_port = {"ports": [{"protocol": "TCP", "port": contract.GATEWAY_PORT}]}
@@ -80,7 +87,7 @@ def policies(api: model.CachedApi, inp: inputs.Inputs) -> list[dict[str, Any]]:
             api,
             inp,
             component=API,
-            ingress=[{"from": _from(api, GATEWAY), "ports": [{"protocol": "TCP", "port": contract.API_PORT}]}],
+            ingress=[{"from": _from(api, GATEWAY), "ports": [{"protocol": "TCP", "port": api_port}]}],
             egress=api_egress,
         ),
     ]
