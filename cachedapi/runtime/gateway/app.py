@@ -11,8 +11,10 @@ table, the rate parameters, the Lua script's SHA) is computed in
 The other routes: ``/healthz`` (the process is alive), ``/readyz`` (started:
 the auth keys are loaded; Redis and the api role being down do not make the
 gateway unready, because it still has answers to give: cached ones, and
-clear 502s), ``/metrics``, and ``/openapi.json`` and ``/docs`` which are
-forwarded to the api role without authentication (documentation holds no
+clear 502s; Redis refusing it from the start, a certificate that does not
+verify or AUTH refused, does, with the reason in ``redisError``: a rollout
+should stop at that configuration), ``/metrics``, and ``/openapi.json`` and
+``/docs`` which are forwarded to the api role without authentication (documentation holds no
 data, and a browser opening ``/docs`` sends no key).
 
 Decisions a client can see:
@@ -41,8 +43,9 @@ import orjson
 
 from cachedapi import contract
 from cachedapi.runtime import redisconn
-from cachedapi.runtime.gateway import answers, auth, checkpoint, forwarding, metrics, upstream
+from cachedapi.runtime.gateway import answers, auth, checkpoint, clients, metrics, upstream
 from cachedapi.runtime.gateway.answers import Receive, Scope, Send
+from cachedapi.runtime.gateway.httpcache import admin, handler
 
 log = logging.getLogger("cachedapi.gateway")
 
@@ -62,14 +65,21 @@ class Gateway:
         self.realm = config.name.encode("ascii", "replace").replace(b'"', b"")
         redis_url = environ.get(contract.ENV_REDIS_URL)
         self.redis = (
-            redisconn.PipelinedRedis(redis_url, on_down=self._redis_down, on_up=self._redis_up) if redis_url else None
+            redisconn.PipelinedRedis(
+                redis_url,
+                ca_file=environ.get(contract.ENV_REDIS_CA_FILE) or None,
+                on_down=self._redis_down,
+                on_up=self._redis_up,
+            )
+            if redis_url
+            else None
         )
         try:
             read_timeout = float(environ.get(upstream.ENV_READ_TIMEOUT) or 15.0)
         except ValueError:
             raise ValueError(f"{upstream.ENV_READ_TIMEOUT}: not a number of seconds") from None
         self.upstream = upstream.Upstream(config.upstream_url, counts=self.metrics, read_timeout=read_timeout)
-        self.forwarder = forwarding.Forwarder(self.upstream, counts=self.counts, max_body=config.max_body_bytes)
+        self.forwarder = clients.LimitedForwarder(self.upstream, counts=self.counts, config=config)
         self.checkpoint = checkpoint.Checkpoint(
             config,
             redis=self.redis,
@@ -77,6 +87,25 @@ class Gateway:
             counts=self.counts,
             rate_by_ip=config.rate_by == "clientIP" or config.auth_mode == "none",
         )
+        #: Any upstream (``contract.UPSTREAM_HTTP``): the gateway is a shared HTTP cache
+        #: (``httpcache``) and every path but its own is the user's API. None: the api role.
+        self.httpcache: handler.HttpCache | None = None
+        self.purger: admin.Purger | None = None
+        if config.upstream_mode == contract.UPSTREAM_HTTP:
+            self.httpcache = handler.HttpCache(
+                config,
+                redis=self.redis,
+                api=self.upstream,
+                counts=self.counts,
+                limiter=self.checkpoint,
+                read_timeout=read_timeout,
+            )
+            self.purger = admin.Purger(
+                cache=self.httpcache.store,
+                limiter=self.checkpoint,
+                admin_key=environ.get(contract.ENV_ADMIN_KEY),
+                realm=self.realm,
+            )
         self._rid_prefix = secrets.token_hex(4).encode() + b"-"
         self._rid_counter = itertools.count(1)
         self.ready = False
@@ -102,10 +131,17 @@ class Gateway:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            if path.startswith("/v1/"):
-                await self._api(scope, receive, send)
-            else:
+            if self.httpcache is None:
+                if path.startswith("/v1/"):
+                    await self._api(scope, receive, send)
+                else:
+                    await self._other(path, scope, receive=receive, send=send)
+            elif path in _OWN_PATHS:
                 await self._other(path, scope, receive=receive, send=send)
+            elif path == contract.ADMIN_PURGE_PATH and self.purger is not None:
+                await self.purger(scope, receive, send)
+            else:
+                await self._api(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -155,6 +191,9 @@ class Gateway:
                 await self._unauthorized(scope, send, denied=denied, request_id=request_id)
                 return
             client = denied
+        if self.httpcache is not None:
+            await self.httpcache.handle(scope, receive, send, client=client, request_id=request_id)
+            return
         await self.checkpoint.handle(
             scope,
             receive,
@@ -184,14 +223,16 @@ class Gateway:
         elif path == "/healthz":
             await answers.send_answer(send, 200, headers=[(b"content-type", answers.JSON_TYPE)], body=b'{"ok":true}')
         elif path == "/readyz":
-            body = orjson.dumps(
-                {
-                    "status": "ready" if self.ready else "starting",
-                    "redis": "down" if self.counts.redis_down else "up",
-                }
-            )
+            refused = await self.redis.check() if self.redis is not None else None
+            ready = self.ready and refused is None
+            answer: dict[str, str] = {
+                "status": "ready" if ready else "unready" if self.ready else "starting",
+                "redis": "refused" if refused else "down" if self.counts.redis_down else "up",
+            }
+            if refused:
+                answer["redisError"] = refused
             await answers.send_answer(
-                send, 200 if self.ready else 503, headers=[(b"content-type", answers.JSON_TYPE)], body=body
+                send, 200 if ready else 503, headers=[(b"content-type", answers.JSON_TYPE)], body=orjson.dumps(answer)
             )
         elif path == "/metrics":
             await answers.send_answer(
@@ -235,6 +276,8 @@ class Gateway:
     async def shutdown(self) -> None:
         self.ready = False
         await self.forwarder.close()
+        if self.httpcache is not None:
+            await self.httpcache.close()
         await self.auth.close()
         await self.upstream.close()
         if self.redis is not None:

@@ -111,6 +111,8 @@ class Upstream:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"upstream URL: an http:// or https:// URL with a host is needed, got {base_url!r}")
         self.metrics = counts
+        #: How failures name it: the api role, or (``httpcache``) the user's own upstream.
+        self.name = "the api service"
         self.base_path = parts.path
         https = parts.scheme == "https"
         self._pool = lean.Pool(
@@ -129,24 +131,33 @@ class Upstream:
     async def close(self) -> None:
         self._pool.close()
 
+    async def exchange(
+        self, method: str, target: str, *, headers: list[tuple[str, str]], body: bytes
+    ) -> lean.Response | Failure:
+        """One request (not HEAD: see ``lean``), its answer's headers as the upstream sent them."""
+        started = time.perf_counter()
+        try:
+            resp = await self._pool.request(method, self.base_path + target, headers, body)
+        except TimeoutError:
+            self.metrics.counts.upstream_errors += 1
+            return Failure(504, f"{self.name} did not answer in time")
+        except lean.Unreachable as exc:
+            self.metrics.counts.upstream_errors += 1
+            return Failure(502, f"{self.name} is unreachable: {exc}")
+        except OSError as exc:
+            self.metrics.counts.upstream_errors += 1
+            return Failure(502, f"{self.name} gave no valid answer ({type(exc).__name__})")
+        self.metrics.upstream_latency.observe(time.perf_counter() - started)
+        return resp
+
     async def forward(
         self, method: str, target: str, *, headers: list[tuple[str, str]], body: bytes
     ) -> Answer | Failure:
         """Send one request; ``target`` is the path and query string."""
-        started = time.perf_counter()
         head = method == "HEAD"
-        try:
-            resp = await self._pool.request("GET" if head else method, self.base_path + target, headers, body)
-        except TimeoutError:
-            self.metrics.counts.upstream_errors += 1
-            return Failure(504, "the api service did not answer in time")
-        except lean.Unreachable as exc:
-            self.metrics.counts.upstream_errors += 1
-            return Failure(502, f"the api service is unreachable: {exc}")
-        except OSError as exc:
-            self.metrics.counts.upstream_errors += 1
-            return Failure(502, f"the api service gave no valid answer ({type(exc).__name__})")
-        self.metrics.upstream_latency.observe(time.perf_counter() - started)
+        resp = await self.exchange("GET" if head else method, target, headers=headers, body=body)
+        if isinstance(resp, Failure):
+            return resp
         if head:
             return Answer(resp.status, response_headers(resp.headers), b"", content_length=len(resp.body))
         return Answer(resp.status, response_headers(resp.headers), resp.body)
