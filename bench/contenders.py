@@ -27,16 +27,33 @@ from cachedapi.dev import devstack, embedded
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"
 BOOKS = "/v1/books/"
+#: The filtered list of the list scenarios: this + an author's number on 6 digits + ``LIST_TAIL``.
+LIST_HEAD = "/v1/books?author=List%20author%20"
+LIST_TAIL = "&sort=-year,title&limit=20"
+#: The author whose page ``list-hit`` reads (cached in the warm-up); ``list-miss`` reads the others.
+LIST_HIT_AUTHOR = 0
+LIST_SCENARIOS = frozenset({"list-miss", "list-hit"})
+
+
+def list_path(author: int) -> str:
+    return f"{LIST_HEAD}{author:06d}{LIST_TAIL}"
+
+
+def list_miss_range(world: World) -> tuple[int, int]:
+    """The authors ``list-miss`` reads, first and past-the-last: all but ``LIST_HIT_AUTHOR`` and the
+    last one (``check_list_page``'s)."""
+    return LIST_HIT_AUTHOR + 1, world.items.list_authors - 1
 
 
 class World:
     """What every contender serves from: one stack (api role, PostgreSQL, Redis) and the seeded items."""
 
-    def __init__(self, api: model.CachedApi, *, miss_items: int, mix_items: int) -> None:
+    def __init__(self, api: model.CachedApi, *, miss_items: int, mix_items: int, list_items: int = 0) -> None:
         self.api = api
         self.stack = devstack.Stack(api, api_key=API_KEY, gateway_instances=0)
         self.miss_items = miss_items
         self.mix_items = mix_items
+        self.list_items = list_items
         self.seeded: data.Seeded | None = None
         #: item id -> the api role's answer body, which nginx serves from files.
         self.bodies: dict[str, bytes] = {}
@@ -52,8 +69,14 @@ class World:
 
     def start(self) -> None:
         self.stack.start()
+        books = next(r for r in self.api.spec.resources if r.name == "books")
         self.seeded = data.seed(
-            self.database_url, workdir=self.stack.workdir, miss_items=self.miss_items, mix_items=self.mix_items
+            self.database_url,
+            workdir=self.stack.workdir,
+            miss_items=self.miss_items,
+            mix_items=self.mix_items,
+            list_items=self.list_items,
+            indexes=len(books.indexes),
         )
         api_url = self.stack.apis[0].url
         for item_id in (self.seeded.small_id, self.seeded.large_id):
@@ -68,11 +91,24 @@ def item_for(world: World, scenario: str) -> str:
     return world.items.large_id if scenario == "large" else world.items.small_id
 
 
-def standard_target(world: World, scenario: str, *, base: str, headers: dict[str, str], cursor: int) -> wrk.Target:
+def standard_target(
+    world: World, scenario: str, *, base: str, headers: dict[str, str], contender: Contender
+) -> wrk.Target:
     """What every server with the API's paths gets in ``scenario``."""
     if scenario == "miss":
-        args = (str(world.items.miss_ids), str(cursor), BOOKS)
-        return wrk.Target(base + BOOKS, headers, script="miss.lua", args=args)
+        ids = (str(world.items.miss_ids), str(contender.cursor), BOOKS)
+        return wrk.Target(base + BOOKS, headers, script="miss.lua", args=ids)
+    if scenario == "list-miss":
+        low, high = list_miss_range(world)
+        stop = contender.list_stop or high
+        start = contender.list_cursor
+        if contender.list_wraps and high > low:  # no cache: past the end, the same authors again
+            start = low + (start - low) % (high - low)
+        wrap = "wrap" if contender.list_wraps else "stop"
+        args = (LIST_HEAD, str(start), str(stop), LIST_TAIL, wrap, str(low))
+        return wrk.Target(base + BOOKS, headers, script="list_miss.lua", args=args)
+    if scenario == "list-hit":
+        return wrk.Target(base + list_path(LIST_HIT_AUTHOR), headers)
     if scenario == "mix":
         return wrk.Target(base + BOOKS, headers, script="mix.lua", args=(str(world.items.mix_ids), BOOKS, "5"))
     return wrk.Target(f"{base}{BOOKS}{item_for(world, scenario)}", headers)
@@ -83,13 +119,18 @@ class Contender:
     #: A response header the warm-up checks, so that a miss is never measured as a hit.
     expect: tuple[str, str] | None = None
     #: The scenarios it takes part in.
-    scenarios: frozenset[str] = frozenset({"hit", "large", "miss", "mix", "stampede"})
+    scenarios: frozenset[str] = frozenset({"hit", "large", "miss", "mix", "stampede", *LIST_SCENARIOS})
     #: Its reads fill the world's Redis under the api role's keys (so cold ids must not be shared).
     shares_cache = False
 
     def __init__(self) -> None:
         #: How many cold ids (``data.Seeded.miss_ids``) its runs have used: each is read once.
         self.cursor = 0
+        #: The next list author ``list-miss`` asks for, and where its slice ends (0: all of them);
+        #: a contender without a cache starts again at the first once past the end (``list_wraps``).
+        self.list_cursor = LIST_HIT_AUTHOR + 1
+        self.list_stop = 0
+        self.list_wraps = not self.shares_cache
 
     def start(self, world: World) -> None:
         raise NotImplementedError
@@ -106,7 +147,7 @@ class Contender:
     def target(self, world: World, scenario: str) -> wrk.Target | None:
         if scenario not in self.scenarios:
             return None
-        return standard_target(world, scenario, base=self.base, headers=self.headers, cursor=self.cursor)
+        return standard_target(world, scenario, base=self.base, headers=self.headers, contender=self)
 
     def stop(self) -> None:
         raise NotImplementedError
@@ -251,6 +292,7 @@ class FastApiCache2(_Process):
 
     name = "FastAPI + fastapi-cache2"
     expect = ("x-fastapi-cache", "HIT")
+    scenarios = frozenset({"hit", "large", "miss", "mix", "stampede"})
 
     def start(self, world: World) -> None:
         self.port = embedded.free_port()
@@ -263,7 +305,7 @@ class Plain(_Process):
     """Plain FastAPI + psycopg, no cache (bench/peers): the miss path's reference."""
 
     name = "FastAPI + psycopg (no cache)"
-    scenarios = frozenset({"miss", "mix", "stampede"})
+    scenarios = frozenset({"miss", "mix", "stampede", "list-miss"})
 
     def start(self, world: World) -> None:
         self.port = embedded.free_port()
@@ -277,9 +319,10 @@ class Nginx(_Process):
     name = "nginx (static file)"
     scenarios = frozenset({"hit", "large"})
 
-    def __init__(self) -> None:
+    def __init__(self, *, worker_connections: int = 1024) -> None:
         super().__init__()
         self.dir: Path | None = None
+        self.worker_connections = worker_connections
 
     def start(self, world: World) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="cachedapi-bench-nginx-"))
@@ -298,7 +341,7 @@ daemon off;
 pid {self.dir}/nginx.pid;
 error_log {self.dir}/error.log warn;
 {"user root;" if _root() else ""}
-events {{ worker_connections 1024; }}
+events {{ worker_connections {self.worker_connections}; }}
 http {{
     access_log off;
     keepalive_requests 1000000;
@@ -424,9 +467,14 @@ def variant(name: str) -> Contender | None:
 
 
 def warm(contender: Contender, world: World, scenario: str) -> None:
-    """Fill the caches and check that the contender answers what it should (single-URL scenarios)."""
+    """Fill the caches and check that the contender answers what it should (single-URL scenarios;
+    for ``list-miss``, that a filtered page holds the api role's items, in its order)."""
     target = contender.target(world, scenario)
-    if target is None or target.script:
+    if target is None:
+        return
+    if scenario == "list-miss":
+        check_list_page(contender, world)
+    if target.script:
         return
     url, headers = target.url, target.headers
     deadline = time.monotonic() + 10
@@ -440,3 +488,22 @@ def warm(contender: Contender, world: World, scenario: str) -> None:
         time.sleep(0.05)
     detail = "no answer" if last is None else f"{last.status_code} {dict(last.headers)}"
     raise RuntimeError(f"{contender.name}: not serving {url} as expected: {detail}")
+
+
+def check_list_page(contender: Contender, world: World) -> None:
+    """The contender's page of the last list author (read by no scenario) is the api role's: a full
+    page of that author's books, in the same order, with a cursor to more."""
+    path = list_path(world.items.list_authors - 1)
+    answer = httpx.get(contender.base + path, headers=contender.headers, timeout=30)
+    expected = httpx.get(world.stack.apis[0].url + path, timeout=30).json()
+    got = answer.json() if answer.status_code == 200 else {}
+    ids = [item["id"] for item in got.get("items", [])]
+    want = [item["id"] for item in expected["items"]]
+    author = data.list_author(world.items.list_authors - 1)
+    if (
+        ids != want
+        or len(ids) != 20
+        or any(item.get("author") != author for item in got["items"])
+        or not got.get("nextCursor")
+    ):
+        raise RuntimeError(f"{contender.name}: {path} answered {answer.status_code} {ids}, not {want}")

@@ -11,8 +11,13 @@ from pathlib import Path
 from typing import Any
 
 #: The contenders each scenario's ratios are taken against, when they took part.
-BASES = ("fastapi-cache2", "plain", "nginx")
-SHORT = {"fastapi-cache2": "fc2", "plain": "plain", "nginx": "nginx"}
+BASES = ("fastapi-cache2", "plain", "nginx", "varnish")
+SHORT = {"fastapi-cache2": "fc2", "plain": "plain", "nginx": "nginx", "varnish": "varnish"}
+#: The bursts, each a table of its own: what was counted, and under which key of the outcome.
+BURSTS = {
+    "stampede": ("database reads (PostgreSQL)", "db_reads"),
+    "upstream-stampede": ("upstream requests (counted by the upstream)", "upstream_requests"),
+}
 
 
 def _ratio_cells(data: dict[str, Any], name: str, bases: list[str]) -> list[str]:
@@ -23,14 +28,15 @@ def table(results: dict[str, Any]) -> str:
     lines: list[str] = []
     for scenario, data in results["scenarios"].items():
         lines += [f"**`{scenario}`**: {data['what']}.", ""]
-        if scenario == "stampede":
-            head = ["contender", "requests", "answers", "X-Cache", "database reads (PostgreSQL)", "burst seconds"]
+        if scenario in BURSTS:
+            counted, field = BURSTS[scenario]
+            head = ["contender", "requests", "answers", "X-Cache", counted, "burst seconds"]
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for entry in data["contenders"].values():
                 o = entry["outcome"]
                 statuses = ", ".join(f"{k}: {v}" for k, v in sorted(o["statuses"].items()))
                 x_cache = ", ".join(f"{k}: {v}" for k, v in sorted(o["x_cache"].items()))
-                cells = [entry["label"], str(o["requests"]), statuses, x_cache, str(o["db_reads"])]
+                cells = [entry["label"], str(o["requests"]), statuses, x_cache, str(o[field])]
                 cells.append(f"{o['seconds']:.2f}")
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
@@ -39,6 +45,9 @@ def table(results: dict[str, Any]) -> str:
         head = ["contender", "req/s median (min-max)", "p50 ms", "p99 ms", *[f"x {SHORT[b]} req/s" for b in bases]]
         if any(f"p50_vs_{b}" in data["ratios"] for b in bases):
             head += [f"p50 / {SHORT[b]} p50" for b in bases if f"p50_vs_{b}" in data["ratios"]]
+        vs_hit = "rps_vs_hit" in data["ratios"]  # list-hit: against the same contender's item hit
+        if vs_hit:
+            head += ["x item hit req/s", "p99 / item hit p99"]
         head += ["CPU us/req", "RSS MiB"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, entry in data["contenders"].items():
@@ -51,11 +60,20 @@ def table(results: dict[str, Any]) -> str:
                 *_ratio_cells(data, name, bases),
             ]
             cells += [f"{data['ratios'][f'p50_vs_{b}'][name]:.2f}" for b in bases if f"p50_vs_{b}" in data["ratios"]]
+            if vs_hit:
+                pair = [data["ratios"][key].get(name) for key in ("rps_vs_hit", "p99_vs_hit")]
+                cells += ["" if v is None else f"{v:.2f}" for v in pair]
             cells.append(f"{m.get('cpu_us_per_request', 0):.0f}")
             cells.append(f"{entry['rss_mib_after']:.0f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     s, machine = results["settings"], results["machine"]
+    listing = results.get("list_data") or {}
+    if listing:
+        lines.append(
+            f"List scenarios: {listing['items']:,} books by {listing['authors']:,} authors, written, indexed "
+            f"and analysed in {listing['seed_seconds']:.0f} s."
+        )
     if results.get("api_rss_mib_after") is not None:
         lines.append(f"The api role's RSS after the run: {results['api_rss_mib_after']:.0f} MiB.")
     lines.append(
@@ -74,12 +92,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
-    panels = [(name, d) for name, d in results["scenarios"].items() if name != "stampede"]
+    panels = [(name, d) for name, d in results["scenarios"].items() if name not in BURSTS]
     cols = 2
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(13, 5 * rows), squeeze=False)
-    colours = {}
-    palette = plt.get_cmap("tab10").colors
+    colours: dict[str, Any] = {}
+    palette = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
     for ax, (scenario, data) in zip(axes.flat, panels, strict=False):
         for name, entry in data["contenders"].items():
             colour = colours.setdefault(name, palette[len(colours) % len(palette)])

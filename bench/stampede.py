@@ -86,3 +86,9 @@ def run(*, port: int, path: str, headers: dict[str, str], database_url: str, n: 
         db_reads=reads,
         seconds=seconds,
     )
+
+
+def burst(*, port: int, path: str, headers: dict[str, str], n: int = 200) -> tuple[list[tuple[int, str]], float]:
+    """The burst alone, for a caller that counts what reached the upstream itself (``bench.upstream``):
+    each answer's status and X-Cache, and the seconds from the first write to the last answer."""
+    return asyncio.run(_burst(port, path, headers, n))

