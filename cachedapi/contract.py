@@ -12,9 +12,11 @@ Redis, a random string replaced after each committed write. A reader that
 misses learns the token in the same round trip as the miss, reads PostgreSQL,
 and stores what it read only if the token is still the same (a compare in a
 Lua script). A write commits, then replaces the tokens and deletes the item
-entry, then answers. So a slow reader whose read predates a write can never
-store its old value after that write is acknowledged: the stale fill of the
-memcache paper, closed with the lease idea but with no lease to expire.
+entry, then answers (a PUT or PATCH stores its own answer instead when the
+entry it replaces is of an older version: entries only move forward). So a slow
+reader whose read predates a write can never store its old value after that
+write is acknowledged: the stale fill of the memcache paper, closed with the
+lease idea but with no lease to expire.
 Tokens are random, not counters, so that an expired token coming back cannot
 match an old one (no ABA); they outlive every entry (``GEN_TTL_SECONDS``). A
 lookup that finds no token creates one, so a reader never holds "absent": if
@@ -44,19 +46,28 @@ API_KEYS_DIR = "/etc/cachedapi/api-keys"
 
 ENV_CONFIG = "CACHEDAPI_CONFIG"  # path of the rendered configuration file
 ENV_DATABASE_URL = "CACHEDAPI_DATABASE_URL"  # libpq URL or DSN
-ENV_REDIS_URL = "CACHEDAPI_REDIS_URL"  # redis:// URL
+ENV_REDIS_URL = "CACHEDAPI_REDIS_URL"  # redis:// or rediss:// (TLS); an ACL user and password in it go to AUTH
 ENV_UPSTREAM_URL = "CACHEDAPI_UPSTREAM_URL"  # overrides config.upstreamUrl (dev, tests)
 ENV_API_KEYS_DIR = "CACHEDAPI_API_KEYS_DIR"  # one file per key: file name = client label
 ENV_API_KEYS = "CACHEDAPI_API_KEYS"  # alternative: comma-separated keys (dev)
 ENV_JWT_SECRET = "CACHEDAPI_JWT_SECRET"  # HS256 secret when auth.jwt.secretRef is used
 ENV_LOG_LEVEL = "CACHEDAPI_LOG_LEVEL"
+ENV_ADMIN_KEY = "CACHEDAPI_ADMIN_KEY"  # the gateway's admin key (cache purges), with any upstream
+#: PEM CA bundles (paths) that the external servers' certificates must chain to: Redis's (the URL
+#: must then be rediss://) and PostgreSQL's (then connected to with sslmode=verify-full). Not
+#: secrets, but they come from the user's Secrets, mounted as files (``*_CA_PATH``).
+ENV_REDIS_CA_FILE = "CACHEDAPI_REDIS_CA_FILE"
+ENV_DATABASE_CA_FILE = "CACHEDAPI_DATABASE_CA_FILE"
 
 #: Each secret setting may instead name a file holding it: ``<NAME>_FILE`` (as the postgres
 #: image's ``POSTGRES_PASSWORD_FILE``). The operator mounts Secrets as files under
 #: ``SECRETS_DIR`` and sets these, so no secret sits in a pod's environment.
 FILE_SUFFIX = "_FILE"
-SECRET_SETTINGS = (ENV_DATABASE_URL, ENV_REDIS_URL, ENV_JWT_SECRET)
+SECRET_SETTINGS = (ENV_DATABASE_URL, ENV_REDIS_URL, ENV_JWT_SECRET, ENV_ADMIN_KEY)
 SECRETS_DIR = "/etc/cachedapi/secrets"
+#: Where the operator mounts the CA bundles of ``ENV_REDIS_CA_FILE`` and ``ENV_DATABASE_CA_FILE``.
+REDIS_CA_PATH = "/etc/cachedapi/tls/redis/ca.crt"
+DATABASE_CA_PATH = "/etc/cachedapi/tls/database/ca.crt"
 
 
 def secret_file_path(setting: str) -> str:
@@ -85,12 +96,71 @@ def resolve_secret_files(environ: Mapping[str, str]) -> dict[str, str]:
 
 CONFIG_VERSION = 1
 
+# What a client may hold of a gateway (``spec.gateway.timeouts`` and ``.capacity``; README "Slow
+# and idle clients"). The model's defaults are these, and a configuration rendered before the
+# fields existed reads as these.
+DEFAULT_REQUEST_HEADER_SECONDS = 10
+DEFAULT_REQUEST_BODY_SECONDS = 10
+DEFAULT_MAX_CONNECTIONS = 4096
+DEFAULT_MAX_FORWARDS_PER_CLIENT = 128
+
+
+# --- Any upstream: the user's own API behind the gateway (``spec.api.image``) -----------------
+# With the bundled api role the gateway reads entries the api role writes. With any other
+# upstream (``UPSTREAM_HTTP``) the gateway is a shared HTTP cache (RFC 9111, RFC 5861): it
+# stores what the upstream's Cache-Control (or a route rule) allows, fills the entries itself,
+# and invalidates on writes, by URI and by cache tag.
+
+UPSTREAM_BUNDLED = "bundled"
+UPSTREAM_HTTP = "http"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRoute:
+    """``spec.cache.routes[]``: how to cache the answers to paths that match ``path``."""
+
+    #: An exact path (``/v1/status``) or a prefix ending in ``*`` (``/v1/products/*``).
+    path: str
+    #: Freshness for answers whose upstream says nothing about it (no max-age, s-maxage or
+    #: Expires); 0 = never cache; None = only what the upstream says.
+    ttl_seconds: int | None = None
+    #: Request headers (lower case) whose values select separate entries, beside ``Vary``.
+    vary_headers: tuple[str, ...] = ()
+    #: Answers depend on the caller: keyed by the caller's identity, never shared between callers.
+    by_caller: bool = False
+
+    def matches(self, path: str) -> bool:
+        if self.path.endswith("*"):
+            return path.startswith(self.path[:-1])
+        return path == self.path
+
+
+#: Headers the gateway sets on every request it forwards to a user's upstream; a client's own
+#: copies are dropped, so the upstream can trust them. The caller: the API key's label or the
+#: JWT's ``sub`` (empty with auth mode none); how it was authenticated: apiKey | jwt | none.
+CALLER_HEADER = "x-cachedapi-caller"
+CALLER_AUTH_HEADER = "x-cachedapi-auth"
+#: An upstream's answer names its cache tags in this header, comma-separated (the name
+#: Cloudflare and Akamai use); the gateway keeps it with the entry and does not pass it on.
+CACHE_TAG_HEADER = "cache-tag"
+#: An upstream's answer to a write names tags to purge in this header, comma-separated; the
+#: purge is complete, on every gateway replica, before the client gets the answer.
+PURGE_TAG_HEADER = "cache-tag-purge"
+#: The gateway's admin endpoint: ``POST`` ``{"tags": [...], "paths": [...]}`` purges them,
+#: authenticated by the admin key (``ENV_ADMIN_KEY``, a Secret), never by an API key.
+ADMIN_PURGE_PATH = "/.cachedapi/purge"
+
 
 @dataclass(frozen=True, slots=True)
 class ResourceConfig:
     name: str
     ttl_seconds: int
     schema: dict[str, Any]
+    #: ``spec.resources[].indexes``: each index's keys, spelled as in ``?sort=``.
+    indexes: tuple[tuple[str, ...], ...] = ()
+    #: ``spec.resources[].public``: any caller may see it, so a shared cache may keep it
+    #: (``cache_scope``).
+    public: bool = False
 
     @property
     def cacheable(self) -> bool:
@@ -122,6 +192,21 @@ class RuntimeConfig:
     rate_burst: int
     rate_by: str
     max_body_bytes: int = 1_048_576
+    #: From a connection being ready for a request (opened, or idle after an answer) until the
+    #: request's header is complete; past it the gateway's HTTP server closes the connection.
+    request_header_seconds: int = DEFAULT_REQUEST_HEADER_SECONDS
+    #: From the gateway starting to read a request body until it has all of it; past it, 408.
+    request_body_seconds: int = DEFAULT_REQUEST_BODY_SECONDS
+    #: Connections one gateway process holds at once; more wait in the kernel's listen queue.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: Requests of one client address in a gateway beyond its cache at once (0: no cap); more: 503.
+    max_forwards_per_client: int = DEFAULT_MAX_FORWARDS_PER_CLIENT
+    #: ``UPSTREAM_BUNDLED`` (the api role) or ``UPSTREAM_HTTP`` (the user's own API: ``spec.api.image``).
+    upstream_mode: str = "bundled"
+    #: ``spec.cache.routes``, in the order declared (the first that matches a path applies).
+    cache_routes: tuple[CacheRoute, ...] = ()
+    #: Forward the caller's own credential (Authorization, X-API-Key) to the upstream too.
+    forward_credentials: bool = False
 
 
 def dump_config(data: dict[str, Any]) -> str:
@@ -134,13 +219,21 @@ def parse_config(data: dict[str, Any]) -> RuntimeConfig:
         raise ValueError(f"config.version: expected {CONFIG_VERSION}, got {data.get('version')!r}")
     try:
         jwt_data = data["auth"].get("jwt")
+        clients = data.get("clients") or {}
         return RuntimeConfig(
             name=data["name"],
             namespace=data["namespace"],
             key_prefix=data["keyPrefix"],
             upstream_url=data["upstreamUrl"].rstrip("/"),
             resources={
-                r["name"]: ResourceConfig(r["name"], int(r["ttlSeconds"]), r["schema"]) for r in data["resources"]
+                r["name"]: ResourceConfig(
+                    r["name"],
+                    int(r["ttlSeconds"]),
+                    r["schema"],
+                    tuple(tuple(keys) for keys in r.get("indexes", ())),
+                    public=bool(r.get("public", False)),
+                )
+                for r in data["resources"]
             },
             stale_while_revalidate_seconds=int(data["cache"]["staleWhileRevalidateSeconds"]),
             stale_if_error_seconds=int(data["cache"]["staleIfErrorSeconds"]),
@@ -156,6 +249,21 @@ def parse_config(data: dict[str, Any]) -> RuntimeConfig:
             rate_per_second=float(data["rateLimit"]["requestsPerSecond"]),
             rate_burst=int(data["rateLimit"]["burst"]),
             rate_by=data["rateLimit"]["by"],
+            request_header_seconds=int(clients.get("requestHeaderSeconds", DEFAULT_REQUEST_HEADER_SECONDS)),
+            request_body_seconds=int(clients.get("requestBodySeconds", DEFAULT_REQUEST_BODY_SECONDS)),
+            max_connections=int(clients.get("maxConnections", DEFAULT_MAX_CONNECTIONS)),
+            max_forwards_per_client=int(clients.get("maxForwardsPerClient", DEFAULT_MAX_FORWARDS_PER_CLIENT)),
+            upstream_mode=(data.get("upstream") or {}).get("mode", UPSTREAM_BUNDLED),
+            forward_credentials=bool((data.get("upstream") or {}).get("forwardCredentials", False)),
+            cache_routes=tuple(
+                CacheRoute(
+                    path=r["path"],
+                    ttl_seconds=None if r.get("ttlSeconds") is None else int(r["ttlSeconds"]),
+                    vary_headers=tuple(h.lower() for h in r.get("varyHeaders", ())),
+                    by_caller=bool(r.get("byCaller", False)),
+                )
+                for r in data.get("cacheRoutes", ())
+            ),
         )
     except KeyError as exc:
         raise ValueError(f"config: missing key {exc.args[0]!r}") from None
@@ -298,3 +406,24 @@ REQUEST_ID_HEADER = "x-request-id"
 REVALIDATE_HEADER = "x-cachedapi-revalidate"
 PROBLEM_JSON = "application/problem+json"
 JSON = "application/json"
+
+
+# --- Who may keep an answer -----------------------------------------------------------------
+
+
+def cache_scope(config: RuntimeConfig, resource: str) -> str:
+    """The Cache-Control directive that says who may keep a cacheable answer of ``resource``.
+
+    Both roles answer with it (the gateway from Redis, the api role on a miss), so that a
+    shared cache in front of the gateway (a CDN, a corporate proxy) never keeps an answer
+    meant for an authenticated caller and serves it to someone without credentials. RFC
+    9111 protects only requests that carry ``Authorization``; an ``X-API-Key`` is invisible
+    to it. So: ``"private"`` when callers authenticate, unless the resource is declared
+    ``public`` (``"public"``, which also lets a shared cache keep answers to requests with
+    ``Authorization``); ``""`` (plain ``max-age``) when nobody authenticates, since the
+    answer then does not depend on the caller. Answers that must never be kept say
+    ``no-store`` whatever this says (ttl 0, errors).
+    """
+    if config.resources[resource].public:
+        return "public"
+    return "" if config.auth_mode == "none" else "private"

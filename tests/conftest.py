@@ -11,6 +11,7 @@ which are theirs alone.
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,16 @@ def deployed(cluster: control_plane.Cluster) -> control_plane.Cluster:
 #: scenarios, fuzzing, the policy scan. ``pytest -m "not slow"`` is a developer's inner loop
 #: (a few minutes); plain ``pytest`` (the README's command, CI) runs everything.
 SLOW = ("e2e", "reliability", "security")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI timeout, ``kill``, ``timeout``) stops the run as Ctrl-C does: the fixtures'
+    teardowns still run, so every server and process a test started is stopped by its pid."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -73,18 +73,21 @@ def environment() -> dict[str, str]:
 
 
 def ensure_tools() -> None:
-    """podman, runc and debootstrap, from Debian's packages if they are missing."""
-    missing = [tool for tool in ("podman", "runc", "debootstrap") if shutil.which(tool) is None]
+    """podman, runc and debootstrap, from Debian's packages if they are missing (and iptables, which
+    podman's network backend, netavark, runs to make the containers' network)."""
+    missing = [tool for tool in ("podman", "runc", "debootstrap", "iptables") if shutil.which(tool) is None]
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError(f"the image tests need {', '.join(missing)}: apt-get install podman runc debootstrap")
+        raise RuntimeError(
+            f"the image tests need {', '.join(missing)}: apt-get install podman runc debootstrap iptables"
+        )
     _say(f"installing {', '.join(missing)} from Debian's packages (podman builds and runs the images)")
     apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-q"], check=True, env=apt_env, stdout=subprocess.DEVNULL)
     subprocess.run(
         ["apt-get", "install", "-y", "-q", "--no-install-recommends", "podman", "runc", "debootstrap",
-         "netavark", "aardvark-dns", "conmon", "catatonit"],
+         "netavark", "aardvark-dns", "conmon", "catatonit", "iptables"],
         check=True, env=apt_env, stdout=subprocess.DEVNULL,
     )  # fmt: skip
 

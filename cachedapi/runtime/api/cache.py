@@ -12,10 +12,27 @@ It implements the coherence protocol of ``contract`` (generation tokens):
   The lease key is ``contract.lease_key`` of the entry key. The scripts spell no
   key: they get the keys from ``contract`` (a list page's as the halves around the
   token they read), and the entry header's pattern from it too.
+- ``holding``: while the lease holder reads PostgreSQL, its lease is re-armed
+  (token-checked ``PEXPIRE``) every third of the lease time, so that readers
+  waiting on it in other processes keep waiting however slow the read, and
+  none of them goes to the database meanwhile. Re-arming is a task of the
+  holder's event loop, cancelled when the read ends in any outcome: a holder
+  that dies, or whose loop stalls, stops re-arming, and the lease lapses
+  within one lease time, when a waiting reader reads the database itself.
 - ``fill``: stores the entry only if the token is still the one the reader saw
   before it read PostgreSQL, then releases its lease.
 - ``invalidate``: after a committed write, replaces the item and list tokens
   with fresh random ones and deletes the item entry and its lease.
+- The writer's fill: the invalidation of a PUT or PATCH (``Written``) stores the
+  write's own answer in place of the entry when the entry it replaces is of an
+  older version of the item (the version is its ETag, and an item's versions grow
+  in commit order); an absent entry, or one as new or newer, is deleted as before.
+  So entries only ever move forward: a fill is token-checked, and a write stores
+  only over an older entry, hence a write that an older one's invalidation
+  overtakes is never hidden by it, and one that Redis has forgotten meanwhile
+  (restart, eviction) leaves no entry to compare with. The read that follows a write
+  to a cached item is then a hit rather than a miss (in the bench's mix: half of
+  what reached the api role), with no round trip added to the write.
 
 Entries are stamped with this process's wall clock (ms); freshness is judged
 against the same wall clock, so clock skew between pods shifts ages by the skew.
@@ -44,7 +61,7 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -94,6 +111,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS[1]: the lease. ARGV: its owner, the lease's ms. 0 when the lease is no longer this owner's.
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 _INVALIDATE = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 if #KEYS > 1 then
@@ -102,6 +125,30 @@ if #KEYS > 1 then
 end
 return 1
 """
+
+
+# ``_INVALIDATE`` of an item that also stores the write's answer (ARGV[6], for ARGV[7] seconds) in
+# place of an entry of an older version: ARGV[4] finds an entry's version (its ETag's digits), ARGV[5]
+# is the write's (compared as digit strings: no rounding). 1 when stored.
+_WRITTEN = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+redis.call('DEL', KEYS[4])
+local entry = redis.call('GET', KEYS[3])
+if entry then
+  local version, mine = string.match(entry, ARGV[4]), ARGV[5]
+  if version and (#version < #mine or (#version == #mine and version < mine)) then
+    redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[7])
+    return 1
+  end
+end
+redis.call('DEL', KEYS[3])
+return 0
+"""
+
+#: An item entry's version, in the header ``contract.encode_entry`` writes: its ETag is
+#: ``"v<version>"`` (``documents.etag``).
+_ENTRY_VERSION_LUA_PATTERN = '^CA1 %d+ %d+ %d+ "v(%d+)" '
 
 
 def _arg(value: str | bytes | int) -> bytes:
@@ -140,6 +187,17 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Written:
+    """A write's answer, which its invalidation stores in place of an entry of an older version."""
+
+    #: The item's version after the write (its ETag's number).
+    version: int
+    #: The entry (``contract.encode_entry``) and how long Redis keeps it.
+    entry: bytes
+    expiry_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
 class Found:
     target: Target
     entry: contract.Entry | None
@@ -162,10 +220,16 @@ def list_target(prefix: str, resource: str, query: str) -> Target:
     return Target(resource, contract.list_gen_key(prefix, resource), head, tail)
 
 
+#: How long a fill lease lasts without its holder re-arming it: how soon a waiting reader takes
+#: over from a holder that died.
+LEASE_MS = 2000
+
 _SCRIPT_LOOKUP = redisconn.Script(_LOOKUP)
 _SCRIPT_FILL = redisconn.Script(_FILL)
 _SCRIPT_RELEASE = redisconn.Script(_RELEASE)
+_SCRIPT_EXTEND = redisconn.Script(_EXTEND)
 _SCRIPT_INVALIDATE = redisconn.Script(_INVALIDATE)
+_SCRIPT_WRITTEN = redisconn.Script(_WRITTEN)
 
 
 class CacheStore:
@@ -177,7 +241,7 @@ class CacheStore:
         redis: redisconn.PipelinedRedis,
         config: contract.RuntimeConfig,
         metrics: StoreMetrics,
-        lease_ms: int = 2000,
+        lease_ms: int = LEASE_MS,
     ) -> None:
         self._redis = redis
         self._prefix = config.key_prefix
@@ -270,6 +334,37 @@ class CacheStore:
         self._metrics.fills.labels("stored" if stored else "rejected").inc()
         return stored
 
+    async def extend(self, found: Found) -> bool:
+        """Re-arm this reader's lease for ``lease_ms``; False when it is no longer its own (a write
+        deleted it, or it lapsed). Raises CacheUnavailable."""
+        keys, args = [found.lease_key.encode()], _args([found.lease_owner, self.lease_ms])
+        return bool(await self._call(lambda: _SCRIPT_EXTEND(self._redis, keys=keys, args=args)))
+
+    @contextlib.asynccontextmanager
+    async def holding(self, found: Found) -> AsyncIterator[None]:
+        """Keep ``found``'s lease while the body (the database read) runs, if this reader holds it."""
+        if not found.leased:
+            yield
+            return
+        keeper = asyncio.get_running_loop().create_task(self._keep(found))
+        try:
+            yield
+        finally:
+            # Not awaited: a re-arm already sent is harmless (it checks the owner; fill and
+            # release delete the lease after it on the same connection), and awaiting would put
+            # an event-loop turn on every miss.
+            keeper.cancel()
+
+    async def _keep(self, found: Found) -> None:
+        interval = self.lease_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await self.extend(found):
+                    return
+            except CacheUnavailable:
+                continue  # the lease may lapse meanwhile: waiting readers then read themselves
+
     async def release(self, found: Found) -> None:
         if found.leased:
             keys, args = [found.lease_key.encode()], [found.lease_owner.encode()]
@@ -278,8 +373,10 @@ class CacheStore:
 
     # --- writes -----------------------------------------------------------------------------
 
-    async def invalidate(self, resource: str, item_id: str | None) -> bool:
-        """New tokens for the resource's list pages (and the item); False if queued for later."""
+    async def invalidate(self, resource: str, item_id: str | None, *, written: Written | None = None) -> bool:
+        """New tokens for the resource's list pages (and the item); False if queued for later.
+        ``written``: the write's answer, stored in place of an entry of an older version of the
+        item (else the entry is deleted, as without it)."""
         # The retries force a connection through an open breaker on purpose: right after Redis
         # restarts, the first command on the old connection fails and opens the breaker, while
         # readers on a new one fill again; a write must not give up on its invalidation for that.
@@ -287,7 +384,9 @@ class CacheStore:
         # another timeout to the write's latency.
         for delay in (0.0, 0.02, 0.08, None):
             try:
-                await self._call(lambda: self._invalidate_now(resource, item_id, force=True), force=True)
+                await self._call(
+                    lambda: self._invalidate_now(resource, item_id, force=True, written=written), force=True
+                )
                 return True
             except CacheUnavailable as exc:
                 timed_out = isinstance(exc.__cause__, redisconn.RedisTimeout)
@@ -300,11 +399,18 @@ class CacheStore:
         log.warning("invalidation of %s/%s queued until Redis is reachable", resource, item_id or "*")
         return False
 
-    async def _invalidate_now(self, resource: str, item_id: str | None, *, force: bool = False) -> Any:
+    async def _invalidate_now(
+        self, resource: str, item_id: str | None, *, force: bool = False, written: Written | None = None
+    ) -> Any:
         keys = [contract.list_gen_key(self._prefix, resource)]
         if item_id is not None:
             entry_key = contract.item_key(self._prefix, resource, item_id)
             keys += [contract.item_gen_key(self._prefix, resource, item_id), entry_key, contract.lease_key(entry_key)]
+            if written is not None and not self._pending:  # as ``fill``: not while writes wait to invalidate
+                tokens = [os.urandom(16).hex(), os.urandom(16).hex(), contract.GEN_TTL_SECONDS]
+                mine = [_ENTRY_VERSION_LUA_PATTERN, written.version, written.entry, written.expiry_seconds]
+                args = _args([*tokens, *mine])
+                return await _SCRIPT_WRITTEN(self._redis, keys=_args(keys), args=args, force=force)
         args = _args([os.urandom(16).hex(), os.urandom(16).hex(), contract.GEN_TTL_SECONDS])
         return await _SCRIPT_INVALIDATE(self._redis, keys=_args(keys), args=args, force=force)
 
@@ -339,6 +445,11 @@ class CacheStore:
             return False
         return True
 
+    @property
+    def misconfigured(self) -> str | None:
+        """Why Redis refuses this process, while it never accepted it (``redisconn``): not ready."""
+        return self._redis.misconfigured
+
     async def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
@@ -346,7 +457,7 @@ class CacheStore:
         await self._redis.close()
 
 
-def connection(url: str) -> redisconn.PipelinedRedis:
-    """The api role's Redis connection: outages logged once each."""
+def connection(url: str, *, ca_file: str | None = None) -> redisconn.PipelinedRedis:
+    """The api role's Redis connection: outages logged once each; ``ca_file`` for ``rediss://``."""
     on_down, on_up = breaker.log_outages(log, name="Redis")
-    return redisconn.PipelinedRedis(url, on_down=on_down, on_up=on_up)
+    return redisconn.PipelinedRedis(url, ca_file=ca_file, on_down=on_down, on_up=on_up)

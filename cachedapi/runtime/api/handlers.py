@@ -2,16 +2,19 @@
 
 A write commits in PostgreSQL, then invalidates in Redis, then answers; an
 invalidation that cannot reach Redis is queued by the cache store and the
-write is still acknowledged (it committed). A write whose COMMIT outcome is
-unknown (the connection broke after COMMIT was sent) answers 503 but still
-invalidates, since it may have committed. Reads go through ``reads.Reader``.
-List pages use keyset pagination on ``seq``: the cursor is the last ``seq``
-of a page (opaque, base64url), so items inserted meanwhile never shift a page.
+write is still acknowledged (it committed). The invalidation of a PUT or PATCH
+stores the write's answer in place of an older version's entry (``cache.Written``).
+A write whose COMMIT outcome is unknown (the connection broke after COMMIT was
+sent) answers 503 but still invalidates, since it may have committed. Reads go
+through ``reads.Reader``.
+List pages (``listquery`` parses the query, ``listing`` makes its SQL) use
+keyset pagination: the cursor is the position of a page's last item in the
+filtered, sorted sequence (opaque, base64url), so items inserted meanwhile
+never shift a page.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import uuid
 from collections.abc import Awaitable
@@ -21,28 +24,13 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cachedapi import contract
-from cachedapi.runtime.api import cache, documents, protocol, reads, tables
+from cachedapi import contract, listquery
+from cachedapi.runtime.api import cache, documents, listing, protocol, reads, tables
 from cachedapi.runtime.api import db as db_mod
 
 T = TypeVar("T")
 _JSON_TYPES = (contract.JSON,)
 _PATCH_TYPES = (protocol.MERGE_PATCH, contract.JSON)
-
-
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(seq.to_bytes(8, "big")).rstrip(b"=").decode()
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-    except ValueError:
-        raw = b""
-    seq = int.from_bytes(raw, "big")
-    if len(raw) != 8 or seq >= 2**63 or encode_cursor(seq) != cursor:
-        raise protocol.Problem(400, f"cursor: {protocol.shown(cursor)} is not a cursor this API issued")
-    return seq
 
 
 class Handlers:
@@ -65,6 +53,9 @@ class Handlers:
         self._names = frozenset(config.resources)
         self._known = ", ".join(sorted(config.resources))
         self._no_store = {name for name, res in config.resources.items() if not res.cacheable}
+        #: "private, " / "public, " / "": who may keep a cacheable answer (``contract.cache_scope``).
+        self._scope = {name: f"{s}, " if (s := contract.cache_scope(config, name)) else "" for name in config.resources}
+        self._properties = {name: listquery.properties(res.schema) for name, res in config.resources.items()}
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -84,7 +75,8 @@ class Handlers:
         if resource in self._no_store:
             cache_control = "no-store"
         else:
-            cache_control = f"max-age={answer.max_age}" if answer.max_age > 0 else "no-cache"
+            scope = self._scope[resource]
+            cache_control = f"{scope}max-age={answer.max_age}" if answer.max_age > 0 else f"{scope}no-cache"
         headers = {
             "ETag": answer.etag,
             "X-Cache": answer.x_cache,
@@ -98,6 +90,14 @@ class Handlers:
     async def _invalidate(self, resource: str, item_id: str | None) -> None:
         if self._store is not None:
             await self._store.invalidate(resource, item_id)
+
+    async def _invalidate_written(self, resource: str, row: tables.Row) -> None:
+        """Invalidate after a PUT or PATCH, storing its answer in place of an entry of an older
+        version (``cache.Written``): the next read is a hit."""
+        if self._store is not None:
+            body = documents.encode_item(row.id, row.data)
+            written = self._reader.written(resource, row.version, body=body, etag=documents.etag(row.version))
+            await self._store.invalidate(resource, row.id, written=written)
 
     async def _unknown_invalidates(self, write: Awaitable[T], *, resource: str, item_id: str | None) -> T:
         """Run a write; if its outcome is unknown (connection lost after COMMIT was sent), it may
@@ -119,30 +119,24 @@ class Handlers:
 
     async def list(self, request: Request) -> Response:
         resource = self._resource(request)
-        raw_limit = request.query_params.get("limit")
-        limit = contract.DEFAULT_PAGE_LIMIT
-        if raw_limit is not None:
-            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= contract.MAX_PAGE_LIMIT:
-                raise protocol.Problem(
-                    400,
-                    f"limit: must be an integer from 1 to {contract.MAX_PAGE_LIMIT}, got {protocol.shown(raw_limit)}",
-                )
-            limit = int(raw_limit)
-        cursor = request.query_params.get("cursor") or None
-        after = decode_cursor(cursor) if cursor else 0
+        try:
+            query = listquery.parse(request.scope["query_string"], self._properties[resource])
+        except listquery.QueryError as exc:
+            raise protocol.Problem(400, str(exc), parameter=exc.param) from None
+        limit = query.limit
 
         async def load() -> reads.Loaded:
-            rows = await self._db.page(resource, after_seq=after, limit=limit + 1)
+            rows = await self._db.page(resource, query, limit=limit + 1)
             more = len(rows) > limit
             rows = rows[:limit]
             page = {
-                "items": [{"id": r.id, **r.data} for r in rows],
-                "nextCursor": encode_cursor(rows[-1].seq) if more else None,
+                "items": [listing.item(query, r) for r in rows],
+                "nextCursor": query.cursor_after(listing.position(query, rows[-1])) if more else None,
             }
             body = orjson.dumps(page)
             return reads.Loaded(200, body, f'"l{hashlib.blake2b(body, digest_size=9).hexdigest()}"')
 
-        target = cache.list_target(self._prefix, resource, contract.canonical_list_query(limit, cursor))
+        target = cache.list_target(self._prefix, resource, query.key_text())
         answer = await self._reader.read(target=target, load=load, force=self._forced(request))
         return self._read_response(request, resource=resource, answer=answer, missing="")
 
@@ -193,11 +187,12 @@ class Handlers:
         data = documents.strip_id(body, path_id=item_id)
         self._validators.check(resource, data)
         pre = protocol.Preconditions(request)
-        write = self._db.replace(
-            resource, item_id, compute=lambda _: data, precondition=pre if pre.any else None, create=True
-        )
+        if pre.any:
+            write = self._db.replace(resource, item_id, compute=lambda _: data, precondition=pre, create=True)
+        else:  # nothing to check against the stored item: one statement, one round trip
+            write = self._db.put(resource, item_id, data=data)
         row = await self._unknown_invalidates(write, resource=resource, item_id=item_id)
-        await self._invalidate(resource, item_id)
+        await self._invalidate_written(resource, row)
         return self._written(resource, row, status=201 if row.created else 200)
 
     async def patch(self, request: Request) -> Response:
@@ -224,7 +219,7 @@ class Handlers:
             resource, item_id, compute=compute, precondition=pre if pre.any else None, create=False
         )
         row = await self._unknown_invalidates(write, resource=resource, item_id=item_id)
-        await self._invalidate(resource, item_id)
+        await self._invalidate_written(resource, row)
         return self._written(resource, row, status=200)
 
     async def delete(self, request: Request) -> Response:

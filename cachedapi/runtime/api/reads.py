@@ -5,7 +5,11 @@ entry is answered as stored (HIT). Otherwise the database is read by one task
 per (entry key, generation token) in this process, which concurrent misses
 await together; across processes the Redis fill lease elects one reader, and
 the others poll the entry every few milliseconds until it appears, the token
-changes, or the lease goes, then read the database themselves. The flight is
+changes, or the lease goes, then read the database themselves. The lease holder
+re-arms its lease for as long as its database read runs (``cache.CacheStore.holding``),
+so a read slower than the lease time sends nobody else to the database; the
+waiters have no deadline of their own, since the lease lapses within one lease
+time of its holder dying or stalling. The flight is
 keyed by the token a reader saw *after* its own lookup, so a reader never joins
 a database read that began before a write it must observe.
 
@@ -130,6 +134,17 @@ class Reader:
         age = max(0, (now_ms() - stored_at) // 1000)
         return Answer(200, loaded.body, loaded.etag, contract.JSON, "MISS", age, max(0, ttl - age))
 
+    def written(self, resource: str, version: int, *, body: bytes, etag: str) -> cache.Written | None:
+        """What a write (PUT, PATCH) of an item offers its invalidation to store: its answer, as a
+        read of the item would store it; None for a resource that is not cached."""
+        ttl = self._ttl[resource]
+        if ttl == 0:
+            return None
+        entry = contract.encode_entry(
+            stored_at_ms=now_ms(), ttl_seconds=ttl, status=200, etag=etag, content_type=contract.JSON, body=body
+        )
+        return cache.Written(version, entry, self._expiry[resource])
+
     async def _bypassed(self, load: Load) -> Answer:
         self._bypass.inc()
         loaded = await load()
@@ -172,8 +187,7 @@ class Reader:
         self, store: cache.CacheStore, found: cache.Found, *, load: Load, read_now: bool
     ) -> tuple[Loaded, int, bool]:
         if not read_now:
-            deadline = time.monotonic() + store.lease_ms / 1000
-            while time.monotonic() < deadline:
+            while True:  # as long as the holder keeps its lease (it re-arms it while it reads)
                 await asyncio.sleep(self._poll_interval)
                 try:
                     entry, same_token, leased = await store.poll(found)
@@ -184,7 +198,8 @@ class Reader:
                 if not same_token or not leased:
                     break
         try:
-            loaded = await load()
+            async with store.holding(found):
+                loaded = await load()
         except BaseException:
             await store.release(found)
             raise

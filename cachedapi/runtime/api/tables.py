@@ -60,6 +60,15 @@ class Queries:
         self.insert = q(
             "INSERT INTO {t} (id, version, data) VALUES (%s, nextval('cachedapi_version'), %s) RETURNING {cols}"
         )
+        # Create or replace in one statement. The version is taken in DO UPDATE, once the row is
+        # locked, so that an item's versions grow in commit order (the one VALUES took is then left
+        # unused). The last column says whether the row was inserted: a row that an upsert updated
+        # has the updating transaction in its xmax.
+        self.upsert = q(
+            "INSERT INTO {t} (id, version, data) VALUES (%s, nextval('cachedapi_version'), %s) "
+            "ON CONFLICT (id) DO UPDATE SET data = excluded.data, version = nextval('cachedapi_version'), "
+            "updated_at = now() RETURNING {cols}, xmax = 0"
+        )
         self.update = q(
             "UPDATE {t} SET data = %s, version = nextval('cachedapi_version'), updated_at = now() "
             "WHERE id = %s RETURNING {cols}"

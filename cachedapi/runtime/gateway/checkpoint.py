@@ -23,15 +23,17 @@ cache (fail open) and no RateLimit fields, since no limit is known; the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 
 import hiredis
 
 from cachedapi import contract
 from cachedapi.runtime import redisconn
 from cachedapi.runtime.gateway import answers, forwarding, metrics, routes, script
-from cachedapi.runtime.gateway.answers import Headers, Receive, Scope, Send
+from cachedapi.runtime.gateway.answers import Headers, Message, Receive, Scope, Send
 
 log = logging.getLogger("cachedapi.gateway")
 
@@ -58,6 +60,8 @@ class Checkpoint:
         self.rate = script.RateParams.build(rate_per_second=config.rate_per_second, burst=config.rate_burst)
         self.rate_prefix = contract.rate_key(config.key_prefix, "")
         self.swr_ms = config.stale_while_revalidate_seconds * 1000
+        #: Forwarded answers are made ``private`` when callers authenticate (``answers.make_private``).
+        self.private = config.auth_mode != "none"
         self.sie_ms = config.stale_if_error_seconds * 1000
         #: client label -> its rate key as a RESP bulk string.
         self._rate_keys: dict[str, bytes] = {}
@@ -141,6 +145,21 @@ class Checkpoint:
         cache_control: bytes | None,
     ) -> None:
         method = scope["method"]
+        if method != "GET" and method != "HEAD" and not isinstance(receive, _EarlyBody):
+            early = _EarlyBody.start(scope, receive, limit=self.forwarder.max_body)
+            if early is not None:  # a write: its body is read during the Redis round trip
+                try:
+                    return await self.handle(
+                        scope,
+                        early,
+                        send,
+                        client=client,
+                        request_id=request_id,
+                        if_none_match=if_none_match,
+                        cache_control=cache_control,
+                    )
+                finally:
+                    early.drop()
         read = None
         if method == "GET" or method == "HEAD":
             if cache_control is None or not answers.wants_no_cache(cache_control):
@@ -157,7 +176,7 @@ class Checkpoint:
             command = script.limit_and_read(rate_key, read.key, tail=self.rate.item_tail)
         reply = await self._eval(command)
         if reply is None:
-            await self.forwarder.forward(scope, receive, send, request_id=request_id, headers=[])
+            await self.forwarder.forward(scope, receive, send, request_id=request_id, headers=[], private=self.private)
             return
         allowed, headers = self._verdict(reply)
         headers.append((b"x-request-id", request_id))
@@ -165,7 +184,7 @@ class Checkpoint:
             await self.too_many(send, headers)
             return
         stale = None
-        if len(reply) == 5:
+        if read is not None and len(reply) == 5:  # the entry's reply comes only with a read
             raw = reply[4]
             entry = contract.decode_entry(raw) if isinstance(raw, bytes) else None
             if entry is not None:
@@ -181,6 +200,7 @@ class Checkpoint:
                         result=HIT,
                         age_ms=age_ms,
                         max_age=(ttl_ms - age_ms) // 1000,
+                        cache_control=read.resource.cache_control,
                         headers=headers,
                         if_none_match=if_none_match,
                         head=method == "HEAD",
@@ -196,6 +216,7 @@ class Checkpoint:
                         result=STALE,
                         age_ms=age_ms,
                         max_age=0,
+                        cache_control=read.resource.cache_control,
                         headers=headers,
                         if_none_match=if_none_match,
                         head=method == "HEAD",
@@ -203,5 +224,61 @@ class Checkpoint:
                         self.counts.not_modified += 1
                     return
                 if age_ms <= ttl_ms + self.sie_ms:
-                    stale = (entry, age_ms)
-        await self.forwarder.forward(scope, receive, send, request_id=request_id, headers=headers, stale=stale)
+                    stale = (entry, age_ms, read.resource.cache_control)
+        await self.forwarder.forward(
+            scope, receive, send, request_id=request_id, headers=headers, stale=stale, private=self.private
+        )
+
+
+class _EarlyBody:
+    """A write's body, read while its rate limit is checked rather than after.
+
+    The body comes from granian's threads, and each ``receive`` costs the request an event-loop
+    round: two for a small body, whose first message says more may come and whose second is empty
+    (measured, 2 Dec: 3.3 ms at the median of a PUT of the bench's mix, 12.4 ms in all, at 50
+    connections). Here the body is read from the start of the request, concurrently with the
+    Redis round trip, and ends as soon as it holds the bytes its Content-Length declares; the
+    forwarder then gets it in one message, without a wait when it is complete. Only for a body
+    that declares a length the forwarder accepts (413 and chunked bodies go as before); dropped
+    when the request is answered without forwarding (429, 503).
+    """
+
+    def __init__(self, receive: Receive, length: int) -> None:
+        self._receive = receive
+        # Called now: granian starts reading when ``receive()`` is called, not when awaited.
+        first = receive()
+        self._body: asyncio.Task[Message] | None = asyncio.ensure_future(self._read(first, length))
+
+    @classmethod
+    def start(cls, scope: Scope, receive: Receive, *, limit: int) -> _EarlyBody | None:
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                return cls(receive, int(value)) if value.isdigit() and 0 < int(value) <= limit else None
+        return None
+
+    async def _read(self, first: Awaitable[Message], length: int) -> Message:
+        chunks: list[bytes] = []
+        size = 0
+        message = await first
+        while message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= length or not message.get("more_body", False):
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            message = await self._receive()
+        return message
+
+    async def __call__(self) -> Message:
+        body, self._body = self._body, None
+        if body is None:
+            return await self._receive()
+        return body.result() if body.done() else await body
+
+    def drop(self) -> None:
+        """Not used (the request was answered without its body): stop reading it."""
+        body, self._body = self._body, None
+        if body is not None:
+            body.cancel()
+            if body.done() and not body.cancelled():
+                body.exception()  # retrieved: a client gone meanwhile is no error to log
