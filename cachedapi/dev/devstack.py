@@ -20,9 +20,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from cachedapi import contract, model
 from cachedapi.dev import embedded
@@ -229,18 +230,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"cachedapi dev: port {args.port} is in use; choose another with --port", file=sys.stderr)
             return 2
 
-    stopping = False
-
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     stack = Stack(api, gateway_port=args.port, api_key=args.api_key)
-    try:
-        print("cachedapi dev: starting PostgreSQL, Redis, the api role and the gateway ...", flush=True)
-        stack.start()
+
+    def ready() -> None:
         first = api.spec.resources[0].name
         auth = api.spec.gateway.auth.mode
         print(
@@ -257,6 +249,36 @@ def main(args: argparse.Namespace) -> int:
             print("  auth mode is jwt: send 'Authorization: Bearer <token>'")
         print(f"  docs: {stack.url}/docs   metrics: {stack.url}/metrics   logs: {stack.workdir}")
         print("\n  Ctrl-C stops everything.", flush=True)
+
+    return run_until_stopped(
+        stack, starting="cachedapi dev: starting PostgreSQL, Redis, the api role and the gateway ...", ready=ready
+    )
+
+
+class Running(Protocol):
+    """What ``run_until_stopped`` needs of a stack: ``Stack``, or ``upstream.UpstreamStack``."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def dead_instances(self) -> list[Instance]: ...
+    def logs(self) -> str: ...
+
+
+def run_until_stopped(stack: Running, *, starting: str, ready: Callable[[], None]) -> int:
+    """Start ``stack``, print its banner (``ready``), and serve until Ctrl-C or SIGTERM (0) or until a
+    role exits (1, with its log); whatever happens, every process it started is stopped."""
+    stopping = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        print(starting, flush=True)
+        stack.start()
+        ready()
         while not stopping:
             dead = stack.dead_instances()
             if dead:

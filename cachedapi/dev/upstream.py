@@ -22,10 +22,8 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
-import time
 import urllib.parse
 from pathlib import Path
 from types import TracebackType
@@ -271,30 +269,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"cachedapi dev: port {args.port} is in use; choose another with --port", file=sys.stderr)
         return 2
 
-    stopping = False
-
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     stack = UpstreamStack(api, upstream_url=upstream_url, gateway_port=args.port, api_key=args.api_key)
-    try:
-        print(f"cachedapi dev: starting Redis and the gateway in front of {upstream_url} ...", flush=True)
-        stack.start()
-        print(banner(stack), flush=True)
-        while not stopping:
-            dead = stack.dead_instances()
-            if dead:
-                print(f"cachedapi dev: the {dead[0].role} role exited; its log:\n{stack.logs()}", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
-        print("cachedapi dev: stopping", flush=True)
-        return 0
-    except (RuntimeError, TimeoutError, OSError) as exc:
-        print(f"cachedapi dev: could not start: {exc}\n{stack.logs()}", file=sys.stderr)
-        return 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        stack.stop()
+    return devstack.run_until_stopped(
+        stack,
+        starting=f"cachedapi dev: starting Redis and the gateway in front of {upstream_url} ...",
+        ready=lambda: print(banner(stack), flush=True),
+    )
