@@ -54,6 +54,8 @@ _LOCK_ID = 0x0CAC4ED
 _INDEX_LOCK_ID = 0x0CAC4EE
 #: How long the index task waits before trying again after a failure.
 _INDEX_RETRY_SECONDS = 10.0
+#: The pool's size: at most this many pooled connections can turn out dead at once.
+_POOL_MAX = 10
 
 
 def _closed_while_idle(conn: psycopg.AsyncConnection[Any]) -> bool:
@@ -124,7 +126,7 @@ class Database:
         self._pool = psycopg_pool.AsyncConnectionPool(
             url,
             min_size=1,
-            max_size=10,
+            max_size=_POOL_MAX,
             open=False,
             timeout=timeout,
             kwargs=dbconnect.params(ca_file=ca_file),
@@ -330,7 +332,9 @@ class Database:
         the statement was sent (``_closed_while_idle``); a failure once it was sent leaves the
         outcome unknown (503), as a failure after COMMIT does."""
         await self.ensure_schema()
-        for attempt in (1, 2):
+        # Every pooled connection may have died with a server restart: a statement never sent may
+        # try each of them in turn (the pool's check between tries usually drops them all at once).
+        for attempt in range(1, _POOL_MAX + 2):
             sent = False
             try:
                 async with self._connection(op) as conn:
@@ -345,7 +349,7 @@ class Database:
             except DatabaseUnavailable as exc:
                 if sent:
                     raise OutcomeUnknown(str(exc)) from exc
-                if attempt == 2 or not isinstance(exc.__cause__, psycopg.OperationalError):
+                if attempt > _POOL_MAX or not isinstance(exc.__cause__, psycopg.OperationalError):
                     raise
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._pool.check(), timeout=self._timeout)
